@@ -1,0 +1,343 @@
+"""The worker: a reader, a dispatch loop and a reclaimer in one task group; calls in another.
+
+Stopping cancels the first group (nothing new is read, taken or reclaimed) and gives the calls
+group a deadline of SHUTDOWN_GRACE_SECONDS; whatever is not settled by then stays pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup, TaskStatus
+from redis.asyncio import Redis
+
+from .connection import RedisGuard
+from .errors import InvalidTask
+from .keys import Keys
+from .limiter import Limiter
+from .outcome import (
+    Outcome,
+    Verdict,
+    classify_exception,
+    classify_response,
+    retry_delay,
+)
+from .queue import Entry, Grant, Queue, TakeStatus
+from .settings import Settings
+from .task import build_request, parse_entry
+
+log = logging.getLogger("ratedispatch.worker")
+
+READ_BATCH = 500
+READ_BLOCK_MS = 1000
+# How often an idle dispatch loop looks for work other workers' readers indexed.
+IDLE_POLL_SECONDS = 0.25
+# A response body is read up to this much, then dropped: only the status matters.
+MAX_RESPONSE_BYTES = 65_536
+# Redis work that must not be cut in half by a stop (a take whose grants would be orphaned).
+SHIELD_SECONDS = 5.0
+
+
+class Dispatcher:
+    """One worker process's dispatcher: one consumer of the group."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        http: httpx.AsyncClient,
+        *,
+        rng: random.Random | None = None,
+        read_block_ms: int = READ_BLOCK_MS,
+    ) -> None:
+        self._settings = settings
+        # 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not wake blocked reads)
+        self._read_block_ms = read_block_ms
+        self._base_url = settings.require_api()
+        self._token = settings.api_token.get_secret_value() if settings.api_token else None
+        self._http = http
+        self._rng = rng or random.Random()
+        self.keys = Keys.from_settings(settings)
+        self.limiter = Limiter(
+            redis, self.keys.rate, settings.rate_limit, settings.rate_window_seconds
+        )
+        self.guard = RedisGuard(settings.redis_url, on_nogroup=self._recreate_group)
+        self.queue = Queue(
+            redis,
+            self.keys,
+            settings.consumer,
+            self.limiter,
+            self.guard,
+            results_maxlen=settings.results_maxlen,
+            delete_acked=settings.delete_acked,
+        )
+        self._slots = anyio.Semaphore(settings.concurrency)
+        self._intake = anyio.CancelScope()
+        self._wake = anyio.Event()
+        self._waiting = 0
+        self._calls: TaskGroup | None = None
+        self.in_flight = 0
+
+    def stop(self) -> None:
+        """Take nothing new; in-flight calls get SHUTDOWN_GRACE_SECONDS to finish."""
+        self._intake.cancel()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        await self.guard.run(self.queue.ensure_group, "creating the consumer group")
+        log.info(
+            "worker %s started on %s (group %s), limit %d per %gs, concurrency %d",
+            self.queue.consumer,
+            self.keys.stream,
+            self.keys.group,
+            self._settings.rate_limit,
+            self._settings.rate_window_seconds,
+            self._settings.concurrency,
+        )
+        task_status.started()
+        async with anyio.create_task_group() as calls:
+            self._calls = calls
+            with self._intake:
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(self._read_loop)
+                    loops.start_soon(self._dispatch_loop)
+                    loops.start_soon(self._reclaim_loop)
+            if self.in_flight:
+                log.info(
+                    "stopping: waiting up to %gs for %d calls in flight",
+                    self._settings.shutdown_grace_seconds,
+                    self.in_flight,
+                )
+            calls.cancel_scope.deadline = anyio.current_time() + (
+                self._settings.shutdown_grace_seconds
+            )
+        log.info("worker %s stopped", self.queue.consumer)
+
+    async def _recreate_group(self) -> None:
+        await self.queue.ensure_group()
+
+    # -- reading: stream -> priority index ------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        after = "0"
+        while True:  # first, entries a previous process with our consumer name left behind
+            entries = await self.queue.read_own_pending(READ_BATCH, after)
+            if not entries:
+                break
+            after = entries[-1].id
+            await self._shielded_ingest(entries)
+        while True:
+            room = self._settings.max_waiting - self._waiting
+            if room <= 0:
+                # Back-pressure: the backlog stays in the stream until the index drains.
+                await anyio.sleep(IDLE_POLL_SECONDS)
+                self._waiting = await self.queue.waiting()
+                continue
+            entries = await self.queue.read_new(min(READ_BATCH, room), self._read_block_ms)
+            if entries:
+                await self._shielded_ingest(entries)
+            elif not self._read_block_ms:
+                await anyio.sleep(IDLE_POLL_SECONDS)
+
+    async def _shielded_ingest(self, entries: Sequence[Entry]) -> None:
+        # Entries just read are pending under our name: finish indexing them even when stopping.
+        with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+            await self._ingest(entries)
+
+    async def _ingest(self, entries: Sequence[Entry]) -> None:
+        valid = []
+        for entry in entries:
+            try:
+                task = parse_entry(
+                    entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes
+                )
+            except InvalidTask as exc:
+                await self._dead_letter(entry.id, exc.reason, "invalid", attempts=0)
+                continue
+            valid.append((entry.id, task.priority))
+        if valid:
+            self._waiting = await self.queue.defer(valid)
+            self._wake.set()
+
+    # -- dispatching: index -> calls ------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        assert self._calls is not None
+        while True:
+            await self._slots.acquire()
+            with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+                take = await self.queue.take(1 + self._slots.value)
+            if take.status is TakeStatus.GRANTED:
+                for i, grant in enumerate(take.grants):
+                    if i:
+                        self._slots.acquire_nowait()
+                    self.in_flight += 1
+                    self._calls.start_soon(self._call, grant)
+                continue
+            self._slots.release()
+            if take.status is TakeStatus.FULL:
+                # Sleep exactly until Redis expires the window (its PTTL), not a fixed poll.
+                await anyio.sleep(max(take.wait or 0.0, 0.001))
+            else:
+                timeout = IDLE_POLL_SECONDS
+                if take.wait is not None:
+                    timeout = min(timeout, take.wait)
+                with anyio.move_on_after(timeout):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+
+    async def _call(self, grant: Grant) -> None:
+        try:
+            await self._attempt(grant)
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
+
+    async def _attempt(self, grant: Grant) -> None:
+        entry = grant.entry
+        try:
+            task = parse_entry(entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes)
+            request = build_request(task, self._base_url, token=self._token, client=self._http)
+        except InvalidTask as exc:
+            await self._dead_letter(entry.id, exc.reason, "invalid")
+            return
+        if grant.attempt > self._settings.max_attempts:
+            # Counted attempts include calls cut short by a crash: the limit still holds.
+            await self._dead_letter(
+                entry.id,
+                f"gave up after {grant.attempt - 1} attempts "
+                f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}); "
+                "the last one was interrupted by a worker stopping",
+                "interrupted",
+            )
+            return
+        started = time.monotonic()
+        outcome = await self._send(request)
+        duration_ms = round((time.monotonic() - started) * 1000)
+        await self._settle(grant, outcome, duration_ms)
+
+    async def _send(self, request: httpx.Request) -> Outcome:
+        try:
+            # A total deadline, not httpx's per-read one: a call must end well before
+            # RECLAIM_IDLE_SECONDS, or another worker could take its entry and call again.
+            with anyio.fail_after(self._settings.http_timeout_seconds):
+                response = await self._http.send(request, stream=True)
+                try:
+                    read = 0
+                    async for chunk in response.aiter_bytes():
+                        read += len(chunk)
+                        if read >= MAX_RESPONSE_BYTES:
+                            break
+                finally:
+                    await response.aclose()
+        except Exception as exc:  # every failure of a call is an outcome, never a crash
+            return classify_exception(exc)
+        return classify_response(response)
+
+    async def _settle(self, grant: Grant, outcome: Outcome, duration_ms: int) -> None:
+        entry_id = grant.entry.id
+        if outcome.verdict is Verdict.OK:
+            recorded = await self.queue.ack(
+                entry_id, http_status=outcome.http_status or 0, duration_ms=duration_ms
+            )
+        elif outcome.verdict is Verdict.RETRY and grant.attempt < self._settings.max_attempts:
+            delay = retry_delay(
+                outcome,
+                grant.attempt,
+                self._settings.retry_backoff_seconds,
+                self._settings.retry_backoff_max_seconds,
+                self._rng,
+            )
+            if outcome.rate_limited:
+                await self._close_window(outcome.retry_after or delay)
+            recorded = await self.queue.retry_later(entry_id, grant.member, delay)
+            log.debug(
+                "task %s attempt %d: %s; retry in %.2fs",
+                entry_id,
+                grant.attempt,
+                outcome.reason,
+                delay,
+            )
+        else:
+            if outcome.rate_limited:
+                await self._close_window(outcome.retry_after or 0.0)
+            reason = outcome.reason
+            if outcome.verdict is Verdict.RETRY:
+                reason = (
+                    f"gave up after {grant.attempt} attempts "
+                    f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}): {reason}"
+                )
+            recorded = await self._dead_letter(
+                entry_id,
+                reason,
+                outcome.last_status,
+                http_status=outcome.http_status,
+                duration_ms=duration_ms,
+            )
+        if not recorded:
+            log.warning(
+                "task %s was taken over by another worker before its outcome (%s) could be "
+                "recorded; that worker will record it",
+                entry_id,
+                outcome.last_status,
+            )
+
+    async def _close_window(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        closed = await self.guard.run(
+            lambda: self.limiter.close_for(seconds), "closing the window after a 429"
+        )
+        log.warning("the API answered 429: window closed for every worker for %.1fs", closed)
+
+    async def _dead_letter(
+        self,
+        entry_id: str,
+        reason: str,
+        last_status: str,
+        *,
+        http_status: int | None = None,
+        duration_ms: int = 0,
+        attempts: int | None = None,
+    ) -> bool:
+        recorded = await self.queue.bury(
+            entry_id,
+            reason,
+            last_status=last_status,
+            http_status=http_status,
+            duration_ms=duration_ms,
+            attempts=attempts,
+        )
+        if recorded:
+            log.warning("task %s dead-lettered: %s", entry_id, reason)
+        return recorded
+
+    # -- reclaiming: a dead worker's entries -> priority index ----------------------------
+
+    async def _reclaim_loop(self) -> None:
+        min_idle_ms = round(self._settings.reclaim_idle_seconds * 1000)
+        interval = min(max(self._settings.reclaim_idle_seconds / 4, 0.1), 15.0)
+        while True:
+            ids = await self.queue.stale_ids(min_idle_ms, READ_BATCH)
+            if ids:
+                entries, dropped = await self.queue.reclaim(ids, min_idle_ms)
+                if entries:
+                    log.warning(
+                        "reclaimed %d tasks from workers idle over %gs",
+                        len(entries),
+                        self._settings.reclaim_idle_seconds,
+                    )
+                    await self._shielded_ingest(entries)
+                if dropped:
+                    log.warning(
+                        "%d pending tasks no longer exist in the stream (trimmed or deleted); "
+                        "acknowledged and forgotten",
+                        dropped,
+                    )
+                if len(ids) >= READ_BATCH:
+                    continue
+            await anyio.sleep(interval)

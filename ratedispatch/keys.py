@@ -1,0 +1,40 @@
+"""Every Redis key and group name ratedispatch uses, derived from the settings in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .settings import Settings
+
+
+def key_prefix(stream: str) -> str:
+    """`external:api:tasks:stream` -> `external:api:tasks:`, the home of the helper keys."""
+    return stream.removesuffix("stream") if stream.endswith(":stream") else f"{stream}:"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    stream: str
+    group: str
+    rate: str
+    dead: str
+    results: str | None  # None: results are disabled
+    deferred: str  # sorted set: tasks waiting for a slot, by priority then id
+    retry: str  # sorted set: tasks waiting for their backoff, by due time (Redis ms)
+    attempts: str  # hash: entry id -> calls made
+    waiting_consumer: str  # the group consumer that holds every indexed entry
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keys:
+        prefix = key_prefix(settings.stream)
+        return cls(
+            stream=settings.stream,
+            group=settings.group,
+            rate=settings.rate_key,
+            dead=settings.dead_letter_stream,
+            results=settings.results_stream or None,
+            deferred=f"{prefix}deferred",
+            retry=f"{prefix}retry",
+            attempts=f"{prefix}attempts",
+            waiting_consumer="ratedispatch:waiting",
+        )

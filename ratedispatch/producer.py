@@ -1,0 +1,45 @@
+"""Writing tasks: what `ratedispatch enqueue` and the demo do, and any Python producer can."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from redis.asyncio import Redis
+
+from .task import RESERVED, parse_entry
+
+
+def build_entry(
+    endpoint: str,
+    *,
+    method: str | None = None,
+    priority: str | None = None,
+    fields: Mapping[str, str] | None = None,
+    body: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    idempotency_key: str | None = None,
+    max_body_bytes: int = 1_048_576,
+) -> dict[str, str]:
+    """The stream entry for a task, validated as a worker would (InvalidTask if it would fail)."""
+    entry: dict[str, str] = {"endpoint": endpoint}
+    for name, value in (fields or {}).items():
+        if name in RESERVED:
+            raise ValueError(f"field {name!r} is reserved; use its own option")
+        entry[name] = value
+    optional = {
+        "method": method,
+        "priority": priority,
+        "body": body,
+        "headers": json.dumps(dict(headers)) if headers else None,
+        "idempotency_key": idempotency_key,
+    }
+    entry.update({k: v for k, v in optional.items() if v is not None})
+    parse_entry("0-1", entry, max_body_bytes=max_body_bytes)
+    return entry
+
+
+async def enqueue(redis: Redis, stream: str, entry: Mapping[str, str]) -> str:
+    """XADD the entry; returns its id."""
+    entry_id = await redis.xadd(stream, dict(entry))  # type: ignore[arg-type]
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

@@ -1,0 +1,229 @@
+"""A stream entry becomes a Task, or InvalidTask with the reason; a Task becomes a request."""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from .errors import InvalidTask
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+# Fields the dispatcher interprets; every other field is a query parameter.
+RESERVED = frozenset({"endpoint", "method", "priority", "body", "headers", "idempotency_key"})
+# Headers a producer may not set: they would let an entry re-target or re-frame the request,
+# or take over credentials; Idempotency-Key has its own field.
+REFUSED_HEADERS = frozenset(
+    {
+        "host",
+        "authorization",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "idempotency-key",
+    }
+)
+MAX_URL_LENGTH = 32_768
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Control characters and whitespace: never valid in a path, and CR/LF would split a request.
+_UNSAFE_IN_PATH = re.compile(r"[\x00-\x20\x7f]")
+_UNSAFE_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class Priority(enum.IntEnum):
+    """The order tasks are called in under a backlog; the value is the rank (lower first)."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One validated stream entry: everything needed to make its call."""
+
+    id: str
+    endpoint: str
+    method: str = "GET"
+    priority: Priority = Priority.NORMAL
+    query: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    idempotency_key: str = ""
+
+
+def _text(name: str, value: bytes | str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidTask(f"field {name!r} is not valid UTF-8 text") from None
+
+
+def _field_name(name: bytes | str) -> str:
+    if isinstance(name, str):
+        return name
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidTask(f"field name {name!r} is not valid UTF-8 text") from None
+
+
+def parse_priority(value: str) -> Priority:
+    try:
+        return Priority[value.strip().upper()]
+    except KeyError:
+        raise InvalidTask(f"priority {value!r} is not one of high, normal, low") from None
+
+
+def parse_method(value: str) -> str:
+    method = value.strip().upper()
+    if method not in METHODS:
+        raise InvalidTask(f"method {value!r} is not one of GET, POST, PUT, PATCH, DELETE")
+    return method
+
+
+def check_endpoint(endpoint: str) -> str:
+    """The endpoint if it is a path that stays under the configured API; else InvalidTask."""
+    if not endpoint:
+        raise InvalidTask("the entry has no 'endpoint' field: add a path such as /profile")
+    if len(endpoint) > MAX_URL_LENGTH:
+        raise InvalidTask(f"endpoint is {len(endpoint)} characters, over {MAX_URL_LENGTH}")
+    if not endpoint.startswith("/") or endpoint.startswith("//"):
+        raise InvalidTask(
+            f"endpoint {endpoint[:200]!r} is not a path beginning with a single '/': "
+            "absolute and scheme-relative URLs are refused, the API base URL is configured"
+        )
+    if "\\" in endpoint:
+        raise InvalidTask(f"endpoint {endpoint[:200]!r} contains a backslash")
+    if _UNSAFE_IN_PATH.search(endpoint):
+        raise InvalidTask(f"endpoint {endpoint[:200]!r} contains whitespace or a control character")
+    if "#" in endpoint:
+        raise InvalidTask(f"endpoint {endpoint[:200]!r} contains a fragment ('#')")
+    path = endpoint.split("?", 1)[0]
+    for segment in path.split("/"):
+        decoded = unquote(segment)
+        if decoded in (".", "..") or "\\" in decoded or _UNSAFE_IN_PATH.search(decoded):
+            raise InvalidTask(
+                f"endpoint {endpoint[:200]!r} has a '.', '..' or encoded control segment, "
+                "which could leave the API's base path"
+            )
+    return endpoint
+
+
+def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidTask(f"'headers' is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidTask("'headers' must be a JSON object of header name to string value")
+    headers: list[tuple[str, str]] = []
+    for name, header_value in value.items():
+        if not _TOKEN.match(name):
+            raise InvalidTask(f"header name {name[:100]!r} is not a valid HTTP header name")
+        if name.lower() in REFUSED_HEADERS:
+            hint = " (use the idempotency_key field)" if name.lower() == "idempotency-key" else ""
+            raise InvalidTask(f"header {name!r} may not be set by a task{hint}")
+        if not isinstance(header_value, str):
+            raise InvalidTask(f"header {name!r} must have a string value")
+        check_header_value(f"header {name!r}", header_value)
+        headers.append((name, header_value))
+    return tuple(headers)
+
+
+def check_header_value(what: str, value: str) -> str:
+    if _UNSAFE_IN_HEADER.search(value):
+        raise InvalidTask(f"{what} contains CR, LF or another control character")
+    if not value.isascii():
+        raise InvalidTask(f"{what} contains non-ASCII characters")
+    return value
+
+
+def parse_body(text: str, max_body_bytes: int) -> bytes:
+    body = text.encode("utf-8")
+    if len(body) > max_body_bytes:
+        raise InvalidTask(
+            f"body is {len(body)} bytes, over the limit of {max_body_bytes} "
+            "(RATEDISPATCH_MAX_BODY_BYTES)"
+        )
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise InvalidTask(f"'body' is not valid JSON: {exc}") from None
+    return body
+
+
+def parse_entry(
+    entry_id: str,
+    fields: Mapping[bytes, bytes] | Mapping[str, str],
+    *,
+    max_body_bytes: int = 1_048_576,
+) -> Task:
+    """Validate one stream entry (contract section 2); raises InvalidTask with the reason."""
+    values: dict[str, str] = {}
+    for raw_name, raw_value in fields.items():
+        name = _field_name(raw_name)
+        values[name] = _text(name, raw_value)
+    endpoint = check_endpoint(values.get("endpoint", ""))
+    method = parse_method(values["method"]) if "method" in values else "GET"
+    priority = parse_priority(values["priority"]) if "priority" in values else Priority.NORMAL
+    body = parse_body(values["body"], max_body_bytes) if "body" in values else None
+    headers = parse_headers(values["headers"]) if "headers" in values else ()
+    key = values.get("idempotency_key", entry_id)
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidTask(
+            f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long"
+        )
+    check_header_value("idempotency_key", key)
+    query = tuple((k, v) for k, v in values.items() if k not in RESERVED)
+    return Task(
+        id=entry_id,
+        endpoint=endpoint,
+        method=method,
+        priority=priority,
+        query=query,
+        body=body,
+        headers=headers,
+        idempotency_key=key,
+    )
+
+
+def build_request(
+    task: Task, base_url: str, *, token: str | None = None, client: httpx.AsyncClient | None = None
+) -> httpx.Request:
+    """The HTTP request for a task; refuses (InvalidTask) any URL outside the base URL."""
+    url = httpx.URL(base_url.rstrip("/") + task.endpoint)
+    if task.query:
+        url = url.copy_merge_params(list(task.query))
+    base = urlsplit(base_url)
+    base_path = base.path.rstrip("/") + "/"
+    if (
+        url.scheme != base.scheme
+        or url.host != (base.hostname or "")
+        or url.port != base.port
+        or not url.path.startswith(base_path)
+    ):
+        raise InvalidTask(f"endpoint {task.endpoint[:200]!r} would leave the API base URL")
+    if len(str(url)) > MAX_URL_LENGTH:
+        raise InvalidTask(f"the request URL would be over {MAX_URL_LENGTH} characters")
+    headers: list[tuple[str, str]] = list(task.headers)
+    headers.append(("Idempotency-Key", task.idempotency_key))
+    if task.body is not None and not any(n.lower() == "content-type" for n, _ in headers):
+        headers.append(("Content-Type", "application/json"))
+    if token:
+        headers.append(("Authorization", f"Bearer {token}"))
+    if client is not None:
+        return client.build_request(task.method, url, headers=headers, content=task.body)
+    return httpx.Request(task.method, url, headers=headers, content=task.body)

@@ -1,0 +1,92 @@
+"""The Lua fixed window: atomic slots, Redis's clock, repair, 429 closing, script reloads.
+
+Runs on fakeredis and on a real redis-server (the `redis` fixture)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from ratedispatch.queue import TakeStatus
+
+from .conftest import make_settings
+from .helpers import add_tasks, dispatcher_for, eventually, index_all
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_takes_up_to_the_limit_then_refuses_with_the_windows_pttl(redis: Redis) -> None:
+    settings = make_settings(rate_limit=3, rate_window_seconds=5)
+    queue = dispatcher_for(settings, redis).queue
+    await add_tasks(redis, settings, *["normal"] * 5)
+    await index_all(queue)
+    first = await queue.take(10)
+    assert first.status is TakeStatus.GRANTED and len(first.grants) == 3
+    refused = await queue.take(10)
+    assert refused.status is TakeStatus.FULL
+    assert refused.wait is not None and 4.0 < refused.wait <= 5.0
+    assert await redis.get(settings.rate_key) == b"3"
+    assert 4000 < await redis.pttl(settings.rate_key) <= 5000
+
+
+async def test_window_reopens_when_redis_expires_the_counter(redis: Redis) -> None:
+    settings = make_settings(rate_limit=2, rate_window_seconds=0.2)
+    queue = dispatcher_for(settings, redis).queue
+    await add_tasks(redis, settings, *["normal"] * 4)
+    await index_all(queue)
+    assert len((await queue.take(10)).grants) == 2
+
+    async def reopened() -> bool:
+        return (await queue.take(10)).status is TakeStatus.GRANTED
+
+    await eventually(reopened, timeout=2, what="the next window")
+
+
+async def test_a_counter_without_ttl_is_repaired_not_left_to_block_forever(redis: Redis) -> None:
+    settings = make_settings(rate_limit=2, rate_window_seconds=0.3)
+    queue = dispatcher_for(settings, redis).queue
+    await redis.set(settings.rate_key, 2)  # an operator's SET, no TTL: the window is full
+    await add_tasks(redis, settings, "normal")
+    await index_all(queue)
+    refused = await queue.take(1)
+    assert refused.status is TakeStatus.FULL
+    assert 0 < await redis.pttl(settings.rate_key) <= 300
+
+    async def granted() -> bool:
+        return (await queue.take(1)).status is TakeStatus.GRANTED
+
+    await eventually(granted, timeout=2, what="the repaired window to reopen")
+
+
+async def test_a_garbage_counter_counts_as_a_full_window(redis: Redis) -> None:
+    settings = make_settings(rate_limit=2, rate_window_seconds=0.3)
+    queue = dispatcher_for(settings, redis).queue
+    await redis.set(settings.rate_key, "garbage")
+    await add_tasks(redis, settings, "normal")
+    await index_all(queue)
+    assert (await queue.take(1)).status is TakeStatus.FULL
+    assert await redis.get(settings.rate_key) == b"2"
+
+
+async def test_a_429_closes_the_window_for_everyone_and_only_lengthens_it(redis: Redis) -> None:
+    settings = make_settings(rate_limit=5, rate_window_seconds=1)
+    limiter = dispatcher_for(settings, redis).limiter
+    assert await limiter.close_for(3) == 3.0
+    window = await limiter.window()
+    assert window.full and window.used == 5
+    assert window.resets_in is not None and 2.5 < window.resets_in <= 3.0
+    assert await limiter.close_for(1) > 2.5  # a shorter cooldown never shortens it
+    other = dispatcher_for(make_settings(rate_limit=5, consumer="worker-b"), redis).queue
+    await add_tasks(redis, settings, "high")
+    await index_all(other)
+    assert (await other.take(1)).status is TakeStatus.FULL
+
+
+async def test_scripts_are_reloaded_after_script_flush(redis: Redis) -> None:
+    settings = make_settings()
+    queue = dispatcher_for(settings, redis).queue
+    await add_tasks(redis, settings, "normal", "normal")
+    await index_all(queue)
+    assert (await queue.take(1)).status is TakeStatus.GRANTED
+    await redis.script_flush()
+    assert (await queue.take(1)).status is TakeStatus.GRANTED

@@ -1,0 +1,127 @@
+"""Ownership of entries: global priority, exclusive claims, reclaiming only the dead.
+
+Runs on fakeredis and on a real redis-server (the `redis` fixture)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from ratedispatch.queue import TakeStatus, read_stream
+
+from .conftest import make_settings
+from .helpers import add_tasks, dispatcher_for, index_all
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_priority_is_global_then_oldest_first(redis: Redis) -> None:
+    settings = make_settings()
+    reader = dispatcher_for(settings, redis).queue
+    ids = await add_tasks(redis, settings, "low", "normal", "high", "low", "high", "normal")
+    await index_all(reader)
+    # A different worker takes: the order is the index's, not the reader's batch.
+    taker = dispatcher_for(make_settings(consumer="worker-b"), redis).queue
+    order = []
+    for _ in ids:
+        take = await taker.take(1)
+        order += [g.entry.id for g in take.grants]
+    assert order == [ids[2], ids[4], ids[1], ids[5], ids[0], ids[3]]
+    assert (await taker.take(1)).status is TakeStatus.EMPTY
+
+
+async def test_order_within_a_priority_is_exact_across_ids_in_one_millisecond(redis: Redis) -> None:
+    settings = make_settings()
+    queue = dispatcher_for(settings, redis).queue
+    ids = [f"1700000000000-{seq}" for seq in (2, 9, 10, 11, 100)]
+    for entry_id in ids:
+        await redis.xadd(settings.stream, {"endpoint": "/x"}, id=entry_id)
+    await index_all(queue)
+    taken = [g.entry.id for g in (await queue.take(10)).grants]
+    assert taken == ids
+
+
+async def test_two_workers_never_take_the_same_entry(redis: Redis) -> None:
+    settings = make_settings(rate_limit=1000)
+    a = dispatcher_for(settings, redis).queue
+    b = dispatcher_for(make_settings(rate_limit=1000, consumer="worker-b"), redis).queue
+    await add_tasks(redis, settings, *["normal"] * 60)
+    await index_all(a)
+    taken: list[str] = []
+
+    async def drain(queue: object) -> None:
+        from ratedispatch.queue import Queue
+
+        assert isinstance(queue, Queue)
+        while (take := await queue.take(3)).status is TakeStatus.GRANTED:
+            taken.extend(g.entry.id for g in take.grants)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drain, a)
+        tg.start_soon(drain, b)
+    assert len(taken) == 60 and len(set(taken)) == 60
+
+
+async def test_waiting_entries_are_never_reclaimed_but_a_dead_workers_are(redis: Redis) -> None:
+    settings = make_settings()
+    dead = dispatcher_for(make_settings(consumer="dead-worker"), redis).queue
+    live = dispatcher_for(settings, redis).queue
+    ids = await add_tasks(redis, settings, "normal", "normal", "normal")
+    await index_all(dead)
+    in_flight = await dead.take(1)  # the dead worker took one, then died
+    assert in_flight.grants[0].entry.id == ids[0]
+    await anyio.sleep(0.15)  # let 150 ms of idle time pass (time passing is the point here)
+    stale = await live.stale_ids(100, 100)
+    assert stale == [ids[0]]  # the two waiting in the index are not "stale"
+    entries, dropped = await live.reclaim(stale, 100)
+    assert [e.id for e in entries] == [ids[0]] and dropped == 0
+    assert entries[0].fields[b"endpoint"] == b"/t/0"
+
+
+async def test_a_live_workers_fresh_claim_is_not_reclaimed(redis: Redis) -> None:
+    settings = make_settings()
+    a = dispatcher_for(settings, redis).queue
+    b = dispatcher_for(make_settings(consumer="worker-b"), redis).queue
+    await add_tasks(redis, settings, "normal")
+    await index_all(a)
+    await anyio.sleep(0.15)  # the entry idles in the index...
+    await a.take(1)  # ...then a live worker claims it for its call: idle time resets
+    assert await b.stale_ids(100, 100) == []
+    [entry_id] = [e.id for e in await read_stream(redis, settings.stream)]
+    entries, _ = await b.reclaim([entry_id], 100)
+    assert entries == []  # XCLAIM's min-idle-time guards it even if asked directly
+
+
+async def test_trimmed_entries_are_acknowledged_and_forgotten(redis: Redis) -> None:
+    settings = make_settings()
+    dead = dispatcher_for(make_settings(consumer="dead-worker"), redis).queue
+    live = dispatcher_for(settings, redis).queue
+    await add_tasks(redis, settings, "normal", "normal")
+    await index_all(dead)
+    grants = (await dead.take(2)).grants
+    await redis.xtrim(settings.stream, maxlen=0)  # an operator trims under pending entries
+    await anyio.sleep(0.15)
+    stale = await live.stale_ids(100, 100)
+    entries, dropped = await live.reclaim(stale, 100)
+    assert (entries, dropped) == ([], 2)
+    assert await redis.xpending(settings.stream, settings.group) in (
+        {"pending": 0, "min": None, "max": None, "consumers": []},
+    )
+    assert not await redis.hexists(dead.keys.attempts, grants[0].entry.id)
+
+
+async def test_settling_an_entry_that_is_no_longer_ours_does_nothing(redis: Redis) -> None:
+    settings = make_settings(results_stream="results")
+    a = dispatcher_for(settings, redis).queue
+    b = dispatcher_for(make_settings(consumer="worker-b", results_stream="results"), redis).queue
+    await add_tasks(redis, settings, "normal")
+    await index_all(a)
+    grant = (await a.take(1)).grants[0]
+    await anyio.sleep(0.15)
+    entries, _ = await b.reclaim(await b.stale_ids(100, 10), 100)  # a was presumed dead
+    assert len(entries) == 1
+    assert await a.ack(grant.entry.id, http_status=200, duration_ms=5) is False
+    assert await redis.xlen("results") == 0
+    assert await b.ack(grant.entry.id, http_status=200, duration_ms=5) is True
+    assert await redis.xlen("results") == 1
