@@ -58,17 +58,26 @@ class RedisGuard:
         url: str,
         *,
         on_nogroup: Callable[[], Awaitable[None]] | None = None,
-        max_delay: float = 2.0,
+        reset: Callable[[], Awaitable[None]] | None = None,
+        max_delay: float = 0.5,
     ) -> None:
         self._url = mask_url(url)
         self._on_nogroup = on_nogroup
+        self._reset = reset
         self._max_delay = max_delay
         self._down_since: float | None = None
+        self._up_since: float | None = None  # when the last outage ended; None: never down
         self.last_ok = time.monotonic()
 
     @property
     def outage(self) -> bool:
         return self._down_since is not None
+
+    def recovered_within(self, seconds: float) -> bool:
+        """True while down, or if the last outage ended less than `seconds` ago."""
+        if self._down_since is not None:
+            return True
+        return self._up_since is not None and time.monotonic() - self._up_since < seconds
 
     async def run(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         delay = 0.05
@@ -77,6 +86,7 @@ class RedisGuard:
                 result = await op()
             except OUTAGE_ERRORS as exc:
                 self._down(exc, what)
+                await self._drop_connections()
             except rexc.ResponseError as exc:
                 if not is_nogroup(exc) or self._on_nogroup is None:
                     raise
@@ -91,6 +101,15 @@ class RedisGuard:
                 return result
             await anyio.sleep(delay)
             delay = min(delay * 2, self._max_delay)
+
+    async def _drop_connections(self) -> None:
+        # After a restart every pooled connection is dead: drop them all at once, rather than
+        # meeting them one by one (one failure and one log line each).
+        if self._reset is not None:
+            try:
+                await self._reset()
+            except Exception:  # best effort: the next command reconnects anyway
+                log.debug("dropping pooled connections failed", exc_info=True)
 
     def _down(self, exc: BaseException, what: str) -> None:
         if self._down_since is None:
@@ -112,3 +131,4 @@ class RedisGuard:
                 time.monotonic() - self._down_since,
             )
             self._down_since = None
+            self._up_since = time.monotonic()

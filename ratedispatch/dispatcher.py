@@ -66,7 +66,12 @@ class Dispatcher:
         self.limiter = Limiter(
             redis, self.keys.rate, settings.rate_limit, settings.rate_window_seconds
         )
-        self.guard = RedisGuard(settings.redis_url, on_nogroup=self._recreate_group)
+        self.guard = RedisGuard(
+            settings.redis_url,
+            on_nogroup=self._recreate_group,
+            # Only idle connections: closing one another task is using breaks redis-py mid-call.
+            reset=lambda: redis.connection_pool.disconnect(inuse_connections=False),
+        )
         self.queue = Queue(
             redis,
             self.keys,
@@ -88,20 +93,22 @@ class Dispatcher:
         self._intake.cancel()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await self.guard.run(self.queue.ensure_group, "creating the consumer group")
-        log.info(
-            "worker %s started on %s (group %s), limit %d per %gs, concurrency %d",
-            self.queue.consumer,
-            self.keys.stream,
-            self.keys.group,
-            self._settings.rate_limit,
-            self._settings.rate_window_seconds,
-            self._settings.concurrency,
-        )
-        task_status.started()
         async with anyio.create_task_group() as calls:
             self._calls = calls
+            # One scope for start-up and the loops: a stop while Redis is still unreachable at
+            # start-up ends the worker just as well.
             with self._intake:
+                await self.guard.run(self.queue.ensure_group, "creating the consumer group")
+                log.info(
+                    "worker %s started on %s (group %s), limit %d per %gs, concurrency %d",
+                    self.queue.consumer,
+                    self.keys.stream,
+                    self.keys.group,
+                    self._settings.rate_limit,
+                    self._settings.rate_window_seconds,
+                    self._settings.concurrency,
+                )
+                task_status.started()
                 async with anyio.create_task_group() as loops:
                     loops.start_soon(self._read_loop)
                     loops.start_soon(self._dispatch_loop)
@@ -279,9 +286,11 @@ class Dispatcher:
                 duration_ms=duration_ms,
             )
         if not recorded:
+            # Either our own earlier try was recorded and only its answer was lost (Redis went
+            # away), or the entry was reclaimed during a long outage and its new owner records it.
             log.warning(
-                "task %s was taken over by another worker before its outcome (%s) could be "
-                "recorded; that worker will record it",
+                "task %s was no longer held by this worker when its outcome (%s) was recorded: "
+                "already recorded, or taken over after a long Redis outage",
                 entry_id,
                 outcome.last_status,
             )
@@ -322,6 +331,12 @@ class Dispatcher:
         min_idle_ms = round(self._settings.reclaim_idle_seconds * 1000)
         interval = min(max(self._settings.reclaim_idle_seconds / 4, 0.1), 15.0)
         while True:
+            if self.guard.recovered_within(self._settings.reclaim_idle_seconds):
+                # Redis counts idle time through its own downtime: right after an outage every
+                # live worker's in-flight entry looks abandoned. Give them RECLAIM_IDLE_SECONDS
+                # of Redis being back to record their outcomes before taking anything over.
+                await anyio.sleep(interval)
+                continue
             ids = await self.queue.stale_ids(min_idle_ms, READ_BATCH)
             if ids:
                 entries, dropped = await self.queue.reclaim(ids, min_idle_ms)
