@@ -57,9 +57,10 @@ async def run_demo(
     limit: int = 20,
     window: float = 1.0,
     workers: int = 3,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> bool:
-    """Run the demo; True when the limit held and priority was honoured."""
+    """Run the demo; True when the limit held, priority was honoured and every task finished."""
+    out = out or sys.stdout  # looked up now: sys.stdout may have been replaced since import
     rng = random.Random(7)
     server = fakeredis.FakeServer()
     api = MockApi(rng)

@@ -1,0 +1,110 @@
+"""The command line: enqueue, demo, logs; one clear line and an exit code when things are wrong."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import cast
+
+import pytest
+import redis as redis_sync
+
+from ratedispatch.cli import main
+from ratedispatch.logs import configure
+
+from .redis_server import RedisServer, free_port
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("RATEDISPATCH_"):
+            monkeypatch.delenv(name)
+
+
+def test_enqueue_prints_the_entry_id_of_a_plain_entry(
+    redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = redis_sync.Redis.from_url(redis_server.url)
+    client.delete("external:api:tasks:stream")
+    code = main(
+        [
+            "enqueue", "/profile", "--priority", "high", "--field", "user_id=123",
+            "--method", "post", "--body", '{"a": 1}', "--header", "X-Trace=t1",
+            "--redis-url", redis_server.url,
+        ]
+    )  # fmt: skip
+    assert code == 0
+    entry_id = capsys.readouterr().out.strip()
+    rows = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange("external:api:tasks:stream"))
+    [(found, fields)] = rows
+    assert found.decode() == entry_id
+    assert fields == {
+        b"endpoint": b"/profile",
+        b"priority": b"high",
+        b"user_id": b"123",
+        b"method": b"post",
+        b"body": b'{"a": 1}',
+        b"headers": b'{"X-Trace": "t1"}',
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enqueue", "http://evil.example/"], "would be dead-lettered: endpoint"),
+        (["enqueue", "/a", "--priority", "urgent"], "priority 'urgent'"),
+        (["enqueue", "/a", "--body", "{x"], "'body' is not valid JSON"),
+        (["enqueue", "/a", "--field", "novalue"], "--field 'novalue' is not NAME=VALUE"),
+        (["enqueue", "/a", "--field", "priority=high"], "reserved"),
+        (["enqueue", "/a", "--rate-limit", "zero"], "RATEDISPATCH_RATE_LIMIT='zero'"),
+        (["demo", "--tasks", "0"], "demo:"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["launch"])
+    assert caught.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_enqueue_to_an_unreachable_redis_exits_1_with_the_url_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    assert main(["enqueue", "/a", "--redis-url", url]) == 1
+    err = capsys.readouterr().err
+    assert "redis://:***@127.0.0.1" in err and "hunter2" not in err
+    assert err.count("\n") == 1
+
+
+def test_demo_runs_on_the_embedded_default_and_reports_the_limit_held(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--tasks", "60", "--limit", "20", "--window", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "window   1" in out
+    assert "limit held" in out
+    assert "60 tasks ok, 3 dead-lettered, 0 unfinished" in out
+    assert "high priority went first" in out and out.rstrip().endswith("yes")
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure("INFO", "json")
+    logging.getLogger("ratedispatch.worker").warning("task %s dead-lettered", "1-1")
+    line = capsys.readouterr().err.strip()
+    record = json.loads(line)
+    assert record["level"] == "WARNING" and record["message"] == "task 1-1 dead-lettered"
+    assert {"ts", "logger"} <= set(record)
+    configure("INFO", "text")
