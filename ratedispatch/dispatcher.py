@@ -163,7 +163,7 @@ class Dispatcher:
                     entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes
                 )
             except InvalidTask as exc:
-                await self._dead_letter(entry.id, exc.reason, "invalid", attempts=0)
+                await self.queue.bury(entry.id, exc.reason, last_status="invalid", attempts=0)
                 continue
             valid.append((entry.id, task.priority))
         if valid:
@@ -176,8 +176,12 @@ class Dispatcher:
         assert self._calls is not None
         while True:
             await self._slots.acquire()
+            take = None
             with anyio.move_on_after(SHIELD_SECONDS, shield=True):
                 take = await self.queue.take(1 + self._slots.value)
+            if take is None:  # stopping while Redis is away: nothing was taken that we know of
+                self._slots.release()
+                continue
             if take.status is TakeStatus.GRANTED:
                 for i, grant in enumerate(take.grants):
                     if i:
@@ -210,16 +214,16 @@ class Dispatcher:
             task = parse_entry(entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes)
             request = build_request(task, self._base_url, token=self._token, client=self._http)
         except InvalidTask as exc:
-            await self._dead_letter(entry.id, exc.reason, "invalid")
+            await self.queue.bury(entry.id, exc.reason, last_status="invalid")
             return
         if grant.attempt > self._settings.max_attempts:
             # Counted attempts include calls cut short by a crash: the limit still holds.
-            await self._dead_letter(
+            await self.queue.bury(
                 entry.id,
                 f"gave up after {grant.attempt - 1} attempts "
                 f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}); "
                 "the last one was interrupted by a worker stopping",
-                "interrupted",
+                last_status="interrupted",
             )
             return
         started = time.monotonic()
@@ -278,10 +282,10 @@ class Dispatcher:
                     f"gave up after {grant.attempt} attempts "
                     f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}): {reason}"
                 )
-            recorded = await self._dead_letter(
+            recorded = await self.queue.bury(
                 entry_id,
                 reason,
-                outcome.last_status,
+                last_status=outcome.last_status,
                 http_status=outcome.http_status,
                 duration_ms=duration_ms,
             )
@@ -302,28 +306,6 @@ class Dispatcher:
             lambda: self.limiter.close_for(seconds), "closing the window after a 429"
         )
         log.warning("the API answered 429: window closed for every worker for %.1fs", closed)
-
-    async def _dead_letter(
-        self,
-        entry_id: str,
-        reason: str,
-        last_status: str,
-        *,
-        http_status: int | None = None,
-        duration_ms: int = 0,
-        attempts: int | None = None,
-    ) -> bool:
-        recorded = await self.queue.bury(
-            entry_id,
-            reason,
-            last_status=last_status,
-            http_status=http_status,
-            duration_ms=duration_ms,
-            attempts=attempts,
-        )
-        if recorded:
-            log.warning("task %s dead-lettered: %s", entry_id, reason)
-        return recorded
 
     # -- reclaiming: a dead worker's entries -> priority index ----------------------------
 

@@ -9,6 +9,7 @@ the stream (not yet delivered); a worker's consumer (just read, or in its call);
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -21,6 +22,8 @@ from .connection import RedisGuard
 from .keys import Keys
 from .limiter import Limiter
 from .task import Priority
+
+log = logging.getLogger("ratedispatch.worker")
 
 # Retries moved back into the priority index by one take, at most: bounds the script's work.
 PROMOTE_PER_TAKE = 1000
@@ -218,7 +221,7 @@ class Queue:
         attempts: int | None = None,
     ) -> bool:
         """Dead-letter with the reason (keeping every original field), and record a result."""
-        return await self._settle_op(
+        recorded = await self._settle_op(
             entry_id,
             "dead",
             http_status=http_status,
@@ -227,6 +230,9 @@ class Queue:
             last_status=last_status,
             attempts=attempts,
         )
+        if recorded:
+            log.warning("task %s dead-lettered: %s", entry_id, reason)
+        return recorded
 
     async def _settle_op(
         self,

@@ -29,6 +29,7 @@ REFUSED_HEADERS = frozenset(
     }
 )
 MAX_URL_LENGTH = 32_768
+MAX_FIELDS = 1000
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Control characters and whitespace: never valid in a path, and CR/LF would split a request.
@@ -62,22 +63,13 @@ class Task:
     idempotency_key: str = ""
 
 
-def _text(name: str, value: bytes | str) -> str:
+def _decode(value: bytes | str, what: str) -> str:
     if isinstance(value, str):
         return value
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidTask(f"field {name!r} is not valid UTF-8 text") from None
-
-
-def _field_name(name: bytes | str) -> str:
-    if isinstance(name, str):
-        return name
-    try:
-        return name.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidTask(f"field name {name!r} is not valid UTF-8 text") from None
+        raise InvalidTask(f"{what} is not valid UTF-8 text") from None
 
 
 def parse_priority(value: str) -> Priority:
@@ -172,10 +164,12 @@ def parse_entry(
     max_body_bytes: int = 1_048_576,
 ) -> Task:
     """Validate one stream entry (contract section 2); raises InvalidTask with the reason."""
+    if len(fields) > MAX_FIELDS:
+        raise InvalidTask(f"the entry has {len(fields)} fields; at most {MAX_FIELDS} are accepted")
     values: dict[str, str] = {}
     for raw_name, raw_value in fields.items():
-        name = _field_name(raw_name)
-        values[name] = _text(name, raw_value)
+        name = _decode(raw_name, f"field name {raw_name!r}")
+        values[name] = _decode(raw_value, f"field {name!r}")
     endpoint = check_endpoint(values.get("endpoint", ""))
     method = parse_method(values["method"]) if "method" in values else "GET"
     priority = parse_priority(values["priority"]) if "priority" in values else Priority.NORMAL

@@ -281,3 +281,20 @@ async def test_a_fresh_worker_creates_the_group_at_id_zero(redis: Redis) -> None
         api.route().respond(200)
         async with running(settings, redis):
             await count_is(redis, settings.results_stream, 2)
+
+
+async def test_an_entry_with_thousands_of_fields_is_dead_lettered_without_crashing(
+    redis: Redis,
+) -> None:
+    settings = make_settings()
+    huge = {f"f{i}": "v" for i in range(4500)} | {"endpoint": "/a"}
+    await redis.xadd(settings.stream, huge)  # type: ignore[arg-type]
+    await add_tasks(redis, settings, "normal")
+    with respx.mock(base_url=API) as api:
+        route = api.route().respond(200)
+        async with running(settings, redis):
+            await count_is(redis, settings.results_stream, 2)
+    assert route.call_count == 1  # the worker survived and went on with the next task
+    [letter] = await fields_of(redis, settings.dead_letter_stream)
+    assert "4501 fields; at most 1000" in letter["reason"]
+    assert letter["fields_dropped"] == "601" and letter["f0"] == "v"

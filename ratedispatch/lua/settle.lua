@@ -27,11 +27,24 @@ if attempts == '' then
   attempts = redis.call('HGET', attempts_key, id) or '0'
 end
 
+-- Lua's unpack() stops near 8000 values: a dead letter keeps at most this many original fields
+-- (the parser refuses entries with more than 1000, so only a hostile entry comes near it).
+local MAX_LETTER_FIELDS = 3900
+
 if mode == 'dead' then
   local letter = {}
   local entry = redis.call('XRANGE', stream, id, id)
   if #entry > 0 then
     letter = entry[1][2]
+  end
+  if #letter > 2 * MAX_LETTER_FIELDS then
+    local kept = {}
+    for i = 1, 2 * MAX_LETTER_FIELDS do
+      kept[i] = letter[i]
+    end
+    kept[#kept + 1] = 'fields_dropped'
+    kept[#kept + 1] = tostring(#letter / 2 - MAX_LETTER_FIELDS)
+    letter = kept
   end
   for _, v in ipairs({'original_id', id, 'reason', ARGV[12], 'attempts', attempts,
                       'last_status', ARGV[13], 'failed_at', now}) do
