@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from . import _lua
 from .connection import RedisGuard
+from .errors import ConfigError
 from .keys import Keys
 from .limiter import Limiter
 from .task import Priority
@@ -93,7 +94,10 @@ class Queue:
         delete_acked: bool = True,
     ) -> None:
         if consumer == keys.waiting_consumer:
-            raise ValueError(f"consumer name {consumer!r} is reserved")
+            raise ConfigError(
+                f"RATEDISPATCH_CONSUMER={consumer!r} is invalid: that name is reserved for "
+                "the tasks waiting for a slot"
+            )
         self._redis = redis
         self.keys = keys
         self.consumer = consumer

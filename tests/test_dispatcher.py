@@ -298,3 +298,36 @@ async def test_an_entry_with_thousands_of_fields_is_dead_lettered_without_crashi
     [letter] = await fields_of(redis, settings.dead_letter_stream)
     assert "4501 fields; at most 1000" in letter["reason"]
     assert letter["fields_dropped"] == "601" and letter["f0"] == "v"
+
+
+async def test_attempts_are_counted_in_redis_and_survive_a_restart(redis: Redis) -> None:
+    settings = make_settings(max_attempts=3)
+    [entry_id] = await add_tasks(redis, settings, "normal")
+    # Two attempts were made by workers that are gone; the count lives in Redis.
+    await redis.hset("external:api:tasks:attempts", entry_id, 2)
+    with respx.mock(base_url=API) as api:
+        route = api.route().respond(503)
+        async with running(settings, redis):
+            await count_is(redis, settings.dead_letter_stream, 1)
+    assert route.call_count == 1
+    [letter] = await fields_of(redis, settings.dead_letter_stream)
+    assert letter["attempts"] == "3" and "gave up after 3 attempts" in letter["reason"]
+    assert not await redis.hexists("external:api:tasks:attempts", entry_id)
+
+
+async def test_results_are_capped_approximately(redis: Redis) -> None:
+    settings = make_settings(results_maxlen=10, rate_limit=1000, concurrency=16)
+    await add_tasks(redis, settings, *["low"] * 300)
+    with respx.mock(base_url=API) as api:
+        route = api.route().respond(200)
+        async with running(settings, redis):
+
+            async def all_called() -> bool:
+                return (
+                    route.call_count == 300
+                    and (await redis.xpending(settings.stream, settings.group))["pending"] == 0
+                )
+
+            await eventually(all_called)
+    # MAXLEN ~ trims whole radix-tree nodes (100 entries by default), never below the cap.
+    assert 10 <= await redis.xlen(settings.results_stream) < 300

@@ -4,13 +4,21 @@ Runs on fakeredis and on a real redis-server (the `redis` fixture)."""
 
 from __future__ import annotations
 
+import time
+
+import anyio
+import httpx
 import pytest
+import respx
 from redis.asyncio import Redis
 
+from ratedispatch import Dispatcher
+from ratedispatch.connection import connect
 from ratedispatch.queue import TakeStatus
 
-from .conftest import make_settings
+from .conftest import API, make_settings
 from .helpers import add_tasks, dispatcher_for, eventually, index_all
+from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +98,38 @@ async def test_scripts_are_reloaded_after_script_flush(redis: Redis) -> None:
     assert (await queue.take(1)).status is TakeStatus.GRANTED
     await redis.script_flush()
     assert (await queue.take(1)).status is TakeStatus.GRANTED
+
+
+async def test_a_refused_worker_sleeps_until_the_window_reopens_instead_of_polling(
+    redis_server: RedisServer,
+) -> None:
+    """Real Redis only: it counts the scripts run (INFO commandstats)."""
+    client = connect(redis_server.url)
+    await client.flushall()
+    settings = make_settings(rate_limit=1, rate_window_seconds=1.0)
+    await add_tasks(client, settings, "normal", "normal", "normal")
+    calls: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        return httpx.Response(200)
+
+    await client.config_resetstat()
+    with respx.mock(base_url=API) as api:
+        api.route().mock(side_effect=answer)
+        async with httpx.AsyncClient() as http:
+            dispatcher = Dispatcher(settings, client, http)
+            async with anyio.create_task_group() as tg:
+                await tg.start(dispatcher.run)
+
+                async def three_calls() -> bool:
+                    return len(calls) == 3
+
+                await eventually(three_calls, timeout=5)
+                dispatcher.stop()
+    stats = await client.info("commandstats")
+    scripts = stats.get("cmdstat_evalsha", {}).get("calls", 0)
+    await client.aclose()
+    assert calls[1] - calls[0] >= 0.9 and calls[2] - calls[1] >= 0.9
+    # About one take per window plus a few reads and settles: not a take every few ms.
+    assert scripts < 20, f"{scripts} scripts in two windows"

@@ -104,3 +104,11 @@ def test_secrets_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(ValueError, match="frozen"):
         Settings(_env_file=None).rate_limit = 5  # type: ignore[misc]
+
+
+def test_the_reserved_consumer_name_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RATEDISPATCH_API_BASE_URL", "http://api.test")
+    assert main(["worker", "--consumer", "ratedispatch:waiting"]) == 2
+    assert "RATEDISPATCH_CONSUMER='ratedispatch:waiting' is invalid" in capsys.readouterr().err
