@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import httpx
@@ -20,6 +21,7 @@ from .connection import RedisGuard
 from .errors import InvalidTask
 from .keys import Keys
 from .limiter import Limiter
+from .metrics import Metrics
 from .outcome import (
     Outcome,
     Verdict,
@@ -41,6 +43,10 @@ IDLE_POLL_SECONDS = 0.25
 MAX_RESPONSE_BYTES = 65_536
 # Redis work that must not be cut in half by a stop (a take whose grants would be orphaned).
 SHIELD_SECONDS = 5.0
+# Consumers that hold nothing and were idle this long are stopped workers: their records go.
+CONSUMER_PRUNE_MS = 3_600_000
+# /healthz fails when Redis has not answered this worker for this long.
+HEALTH_REDIS_SECONDS = 30.0
 
 
 class Dispatcher:
@@ -54,6 +60,7 @@ class Dispatcher:
         *,
         rng: random.Random | None = None,
         read_block_ms: int = READ_BLOCK_MS,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         # 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not wake blocked reads)
@@ -62,6 +69,8 @@ class Dispatcher:
         self._token = settings.api_token.get_secret_value() if settings.api_token else None
         self._http = http
         self._rng = rng or random.Random()
+        self.metrics = metrics or Metrics()
+        self.running = False
         self.keys = Keys.from_settings(settings)
         self.limiter = Limiter(
             redis, self.keys.rate, settings.rate_limit, settings.rate_window_seconds
@@ -109,20 +118,36 @@ class Dispatcher:
                     self._settings.concurrency,
                 )
                 task_status.started()
-                async with anyio.create_task_group() as loops:
-                    loops.start_soon(self._read_loop)
-                    loops.start_soon(self._dispatch_loop)
-                    loops.start_soon(self._reclaim_loop)
+                self.running = True
+                try:
+                    async with anyio.create_task_group() as loops:
+                        loops.start_soon(self._read_loop)
+                        loops.start_soon(self._dispatch_loop)
+                        loops.start_soon(self._reclaim_loop)
+                finally:
+                    self.running = False
+            calls.cancel_scope.deadline = anyio.current_time() + (
+                self._settings.shutdown_grace_seconds
+            )
             if self.in_flight:
                 log.info(
                     "stopping: waiting up to %gs for %d calls in flight",
                     self._settings.shutdown_grace_seconds,
                     self.in_flight,
                 )
-            calls.cancel_scope.deadline = anyio.current_time() + (
-                self._settings.shutdown_grace_seconds
-            )
+        with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+            # Leave no record behind in XINFO CONSUMERS (unless we still hold entries).
+            await self.queue.retire([self.queue.consumer])
         log.info("worker %s stopped", self.queue.consumer)
+
+    def health(self) -> tuple[bool, str]:
+        """For /healthz: the loops run, and Redis answered within HEALTH_REDIS_SECONDS."""
+        if not self.running:
+            return False, "the worker loops are not running"
+        silent = time.monotonic() - self.guard.last_ok
+        if silent > HEALTH_REDIS_SECONDS:
+            return False, f"Redis has not answered for {silent:.0f}s"
+        return True, "ok"
 
     async def _recreate_group(self) -> None:
         await self.queue.ensure_group()
@@ -163,7 +188,7 @@ class Dispatcher:
                     entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes
                 )
             except InvalidTask as exc:
-                await self.queue.bury(entry.id, exc.reason, last_status="invalid", attempts=0)
+                await self._bury(entry.id, exc.reason, "invalid", last_status="invalid", attempts=0)
                 continue
             valid.append((entry.id, task.priority))
         if valid:
@@ -183,6 +208,7 @@ class Dispatcher:
                 self._slots.release()
                 continue
             if take.status is TakeStatus.GRANTED:
+                self.metrics.slots_granted.inc(len(take.grants))
                 for i, grant in enumerate(take.grants):
                     if i:
                         self._slots.acquire_nowait()
@@ -191,6 +217,7 @@ class Dispatcher:
                 continue
             self._slots.release()
             if take.status is TakeStatus.FULL:
+                self.metrics.slots_refused.inc()
                 # Sleep exactly until Redis expires the window (its PTTL), not a fixed poll.
                 await anyio.sleep(max(take.wait or 0.0, 0.001))
             else:
@@ -202,10 +229,12 @@ class Dispatcher:
                 self._wake = anyio.Event()
 
     async def _call(self, grant: Grant) -> None:
+        self.metrics.in_flight.inc()
         try:
             await self._attempt(grant)
         finally:
             self.in_flight -= 1
+            self.metrics.in_flight.dec()
             self._slots.release()
 
     async def _attempt(self, grant: Grant) -> None:
@@ -214,22 +243,28 @@ class Dispatcher:
             task = parse_entry(entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes)
             request = build_request(task, self._base_url, token=self._token, client=self._http)
         except InvalidTask as exc:
-            await self.queue.bury(entry.id, exc.reason, last_status="invalid")
+            await self._bury(entry.id, exc.reason, "invalid", last_status="invalid")
             return
         if grant.attempt > self._settings.max_attempts:
             # Counted attempts include calls cut short by a crash: the limit still holds.
-            await self.queue.bury(
+            await self._bury(
                 entry.id,
                 f"gave up after {grant.attempt - 1} attempts "
                 f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}); "
                 "the last one was interrupted by a worker stopping",
+                "interrupted",
                 last_status="interrupted",
             )
             return
+        if grant.attempt == 1:
+            # The entry id is the producer's XADD time (Redis's clock), this is the worker's.
+            enqueued_ms = int(entry.id.partition("-")[0])
+            self.metrics.queue_wait.observe(max(0.0, time.time() - enqueued_ms / 1000))
         started = time.monotonic()
         outcome = await self._send(request)
-        duration_ms = round((time.monotonic() - started) * 1000)
-        await self._settle(grant, outcome, duration_ms)
+        seconds = time.monotonic() - started
+        self.metrics.call(outcome.verdict.value, outcome.http_status, seconds)
+        await self._settle(grant, outcome, round(seconds * 1000))
 
     async def _send(self, request: httpx.Request) -> Outcome:
         try:
@@ -266,6 +301,7 @@ class Dispatcher:
             if outcome.rate_limited:
                 await self._close_window(outcome.retry_after or delay)
             recorded = await self.queue.retry_later(entry_id, grant.member, delay)
+            self.metrics.retries.inc()
             log.debug(
                 "task %s attempt %d: %s; retry in %.2fs",
                 entry_id,
@@ -276,15 +312,17 @@ class Dispatcher:
         else:
             if outcome.rate_limited:
                 await self._close_window(outcome.retry_after or 0.0)
-            reason = outcome.reason
+            reason, kind = outcome.reason, "rejected"
             if outcome.verdict is Verdict.RETRY:
+                kind = "exhausted"
                 reason = (
-                    f"gave up after {grant.attempt} attempts "
+                    f"gave up after {grant.attempt} attempt{'s' if grant.attempt != 1 else ''} "
                     f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}): {reason}"
                 )
-            recorded = await self.queue.bury(
+            recorded = await self._bury(
                 entry_id,
                 reason,
+                kind,
                 last_status=outcome.last_status,
                 http_status=outcome.http_status,
                 duration_ms=duration_ms,
@@ -307,6 +345,15 @@ class Dispatcher:
         )
         log.warning("the API answered 429: window closed for every worker for %.1fs", closed)
 
+    async def _bury(
+        self, entry_id: str, reason: str, kind: str, *, last_status: str, **details: Any
+    ) -> bool:
+        """Dead-letter, counted by `kind`: invalid, rejected (4xx), exhausted, interrupted."""
+        recorded = await self.queue.bury(entry_id, reason, last_status=last_status, **details)
+        if recorded:
+            self.metrics.dead_letters.labels(kind).inc()
+        return recorded
+
     # -- reclaiming: a dead worker's entries -> priority index ----------------------------
 
     async def _reclaim_loop(self) -> None:
@@ -319,10 +366,12 @@ class Dispatcher:
                 # of Redis being back to record their outcomes before taking anything over.
                 await anyio.sleep(interval)
                 continue
+            await self.queue.retire(await self.queue.idle_consumers(CONSUMER_PRUNE_MS))
             ids = await self.queue.stale_ids(min_idle_ms, READ_BATCH)
             if ids:
                 entries, dropped = await self.queue.reclaim(ids, min_idle_ms)
                 if entries:
+                    self.metrics.reclaimed.inc(len(entries))
                     log.warning(
                         "reclaimed %d tasks from workers idle over %gs",
                         len(entries),

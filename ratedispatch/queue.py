@@ -73,9 +73,11 @@ def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
 
 
-async def read_stream(redis: Redis, stream: str, count: int | None = None) -> list[Entry]:
-    """The entries of any stream (results, dead letters), oldest first."""
-    rows: Any = await redis.xrange(stream, count=count)
+async def read_stream(
+    redis: Redis, stream: str, count: int | None = None, end: str = "+"
+) -> list[Entry]:
+    """The entries of any stream (results, dead letters), oldest first, up to id `end`."""
+    rows: Any = await redis.xrange(stream, max=end, count=count)
     return [Entry(_text(entry_id), dict(fields)) for entry_id, fields in rows or []]
 
 
@@ -109,6 +111,7 @@ class Queue:
         self._ingest = redis.register_script(_lua.source("ingest", "common"))
         self._settle = redis.register_script(_lua.source("settle", "common"))
         self._reclaim = redis.register_script(_lua.source("reclaim"))
+        self._retire = redis.register_script(_lua.source("retire"))
 
     async def ensure_group(self) -> None:
         """Create the group at id 0 (so earlier entries are not skipped); BUSYGROUP is fine."""
@@ -279,6 +282,31 @@ class Queue:
             return await self._settle(keys=keys, args=args)
 
         return bool(await self._guard.run(op, f"recording a task as {mode}"))
+
+    async def retire(self, names: Sequence[str]) -> int:
+        """Delete these consumers' records if they hold no entries; returns how many went."""
+        if not names:
+            return 0
+
+        async def op() -> Any:
+            return await self._retire(keys=[self.keys.stream], args=[self.keys.group, *names])
+
+        return int(await self._guard.run(op, "removing idle consumers"))
+
+    async def idle_consumers(self, min_idle_ms: int) -> list[str]:
+        """Worker consumers idle at least `min_idle_ms` that hold nothing: stopped workers."""
+
+        async def op() -> list[str]:
+            rows = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group)
+            return [
+                _text(row["name"])
+                for row in rows
+                if _text(row["name"]) != self.keys.waiting_consumer
+                and not row.get("pending")
+                and int(row.get("idle", 0)) >= min_idle_ms
+            ]
+
+        return await self._guard.run(op, "looking for idle consumers")
 
     async def stale_ids(self, min_idle_ms: int, count: int) -> list[str]:
         """Pending entries of worker consumers idle at least `min_idle_ms`: their owner is gone.

@@ -1,0 +1,149 @@
+"""Prometheus metrics and `/healthz`, on METRICS_PORT.
+
+Events (calls, slots, dead letters, ...) are counted where they happen; the gauges that
+describe the whole queue are read from Redis every few seconds (`refresh`)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from .status import Status
+
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+def status_class(http_status: int | None) -> str:
+    return "error" if http_status is None else f"{http_status // 100}xx"
+
+
+class Metrics:
+    """One registry per worker: no module-level state, so tests can make as many as they like."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.calls = Counter(
+            "ratedispatch_calls", "HTTP calls made, by outcome and status class",
+            ["outcome", "status_class"], registry=r,
+        )  # fmt: skip
+        self.slots_granted = Counter("ratedispatch_slots_granted", "Window slots taken", registry=r)
+        self.slots_refused = Counter(
+            "ratedispatch_slots_refused", "Times a worker found the window full", registry=r
+        )
+        self.dead_letters = Counter(
+            "ratedispatch_dead_lettered", "Tasks dead-lettered, by reason", ["reason"], registry=r
+        )
+        self.reclaimed = Counter(
+            "ratedispatch_reclaimed", "Tasks taken over from workers that stopped answering",
+            registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "ratedispatch_retries", "Failed attempts scheduled to be tried again", registry=r
+        )
+        self.call_seconds = Histogram(
+            "ratedispatch_call_duration_seconds", "Duration of HTTP calls",
+            buckets=CALL_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "ratedispatch_queue_wait_seconds",
+            "From a task's entry id time to the start of its first call",
+            buckets=WAIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("ratedispatch_in_flight", "Calls in flight", registry=r)
+        self.stream_length = Gauge(
+            "ratedispatch_stream_length", "Entries in the task stream", registry=r
+        )
+        self.backlog = Gauge(
+            "ratedispatch_backlog", "Entries not yet delivered to the group (lag)", registry=r
+        )
+        self.pending = Gauge(
+            "ratedispatch_pending", "Entries delivered and not yet acknowledged", registry=r
+        )
+        self.waiting = Gauge(
+            "ratedispatch_waiting", "Tasks waiting for a slot, by priority", ["priority"],
+            registry=r,
+        )  # fmt: skip
+        self.retrying = Gauge("ratedispatch_retrying", "Tasks waiting out a backoff", registry=r)
+        self.dead_letter_length = Gauge(
+            "ratedispatch_dead_letter_stream_length", "Entries in the dead-letter stream",
+            registry=r,
+        )  # fmt: skip
+        self.window_used = Gauge(
+            "ratedispatch_window_used", "Slots taken in the current window", registry=r
+        )
+        self.window_limit = Gauge(
+            "ratedispatch_window_limit", "Slots per window (RATE_LIMIT)", registry=r
+        )
+
+    def call(self, outcome: str, http_status: int | None, seconds: float) -> None:
+        self.calls.labels(outcome, status_class(http_status)).inc()
+        self.call_seconds.observe(seconds)
+
+    def refresh(self, status: Status) -> None:
+        self.stream_length.set(status.stream_length)
+        self.backlog.set(status.not_delivered or 0)
+        self.pending.set(status.pending)
+        for priority, count in status.waiting.items():
+            self.waiting.labels(priority).set(count)
+        self.retrying.set(status.retrying)
+        self.dead_letter_length.set(status.dead_letters)
+        self.window_used.set(status.window_used)
+        self.window_limit.set(status.window_limit)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """`GET /metrics` and `GET /healthz` on a small threaded HTTP server; nothing else.
+
+    It runs in a thread so that a scrape never waits on the worker's event loop.
+    """
+
+    def __init__(self, metrics: Metrics, healthy: Callable[[], tuple[bool, str]], port: int,
+                 host: str = "0.0.0.0") -> None:  # fmt: skip
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    self._send(200, metrics.exposition(), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    ok, detail = healthy()
+                    body = json.dumps({"ok": ok, "detail": detail}).encode()
+                    self._send(200 if ok else 503, body, "application/json")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # a scrape is not an event
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,147 @@
+"""What the dispatcher is doing, read from Redis alone: for `ratedispatch status` and the gauges."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+
+from .keys import Keys
+from .limiter import Limiter
+from .settings import Settings
+from .task import Priority
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    name: str
+    pending: int  # entries it holds: in its calls, or read and not yet indexed
+    idle_seconds: float
+    likely_dead: bool  # idle past RECLAIM_IDLE_SECONDS while holding entries
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Field names are stable: `status --json` prints exactly this."""
+
+    stream: str
+    group: str
+    group_exists: bool
+    stream_length: int
+    not_delivered: int | None  # the group's lag; None when Redis cannot tell
+    pending: int  # delivered, not yet acknowledged: waiting + retrying + in flight
+    waiting: dict[str, int]  # for a slot, by priority
+    retrying: int  # waiting out a backoff
+    in_flight: int  # held by worker consumers
+    dead_letters: int
+    results: int | None  # None when results are disabled
+    window_used: int
+    window_limit: int
+    window_resets_in: float | None  # seconds; None when no window is open
+    consumers: list[Consumer] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+async def collect(redis: Redis, settings: Settings) -> Status:
+    """One consistent-enough snapshot (several reads, not one transaction)."""
+    keys = Keys.from_settings(settings)
+    limiter = Limiter(redis, keys.rate, settings.rate_limit, settings.rate_window_seconds)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xlen(keys.stream)
+        for rank in Priority:
+            # All members score 0 and start with their rank digit: a lexical range counts a rank.
+            pipe.zlexcount(keys.deferred, f"[{int(rank)}", f"({int(rank) + 1}")
+        pipe.zcard(keys.retry)
+        pipe.xlen(keys.dead)
+        if keys.results:
+            pipe.xlen(keys.results)
+        replies = await pipe.execute()
+    length, *by_rank = replies[: 1 + len(Priority)]
+    retrying, dead = replies[1 + len(Priority) : 3 + len(Priority)]
+    results = int(replies[-1]) if keys.results else None
+    waiting = {p.label: int(n) for p, n in zip(Priority, by_rank, strict=True)}
+    group, consumers = await _group(redis, keys, settings.reclaim_idle_seconds)
+    window = await limiter.window()
+    pending = int(group.get("pending", 0)) if group else 0
+    lag = group.get("lag") if group else None
+    in_flight = sum(c.pending for c in consumers)
+    return Status(
+        stream=keys.stream,
+        group=keys.group,
+        group_exists=group is not None,
+        stream_length=int(length),
+        not_delivered=int(lag) if lag is not None else (None if group else int(length)),
+        pending=pending,
+        waiting=waiting,
+        retrying=int(retrying),
+        in_flight=in_flight,
+        dead_letters=int(dead),
+        results=results,
+        window_used=window.used,
+        window_limit=window.limit,
+        window_resets_in=window.resets_in,
+        consumers=consumers,
+    )
+
+
+async def _group(
+    redis: Redis, keys: Keys, reclaim_idle: float
+) -> tuple[dict[str, Any] | None, list[Consumer]]:
+    try:
+        groups = await redis.xinfo_groups(keys.stream)
+    except rexc.ResponseError:  # no such stream yet
+        return None, []
+    found = next((g for g in groups if _text(g["name"]) == keys.group), None)
+    if found is None:
+        return None, []
+    rows = await redis.xinfo_consumers(keys.stream, keys.group)
+    consumers = []
+    for row in rows:
+        name = _text(row["name"])
+        if name == keys.waiting_consumer:
+            continue
+        idle = int(row.get("idle", 0)) / 1000
+        held = int(row.get("pending", 0))
+        consumers.append(Consumer(name, held, idle, held > 0 and idle > reclaim_idle))
+    return dict(found), consumers
+
+
+def render(status: Status) -> str:
+    """The readable table of `ratedispatch status`."""
+    lines = [f"stream   {status.stream}  (group {status.group})"]
+    if not status.group_exists:
+        lines.append("         no consumer group yet: no worker has started on this stream")
+    not_delivered = "?" if status.not_delivered is None else str(status.not_delivered)
+    waiting = "  ".join(f"{p} {n}" for p, n in status.waiting.items())
+    results = "disabled" if status.results is None else str(status.results)
+    if status.window_resets_in is None:
+        resets = "no window open"
+    else:
+        resets = f"resets in {status.window_resets_in:.1f}s"
+    lines += [
+        f"entries  {status.stream_length} in the stream, {not_delivered} not yet delivered",
+        f"pending  {status.pending}: waiting for a slot ({waiting}), "
+        f"{status.retrying} retrying later, {status.in_flight} held by workers",
+        f"window   {status.window_used}/{status.window_limit} used, {resets}",
+        f"dead     {status.dead_letters} dead letters;  results {results}",
+    ]
+    if status.consumers:
+        lines.append("consumers")
+        width = max(len(c.name) for c in status.consumers)
+        for c in sorted(status.consumers, key=lambda c: c.name):
+            flag = "  LIKELY DEAD (idle past RECLAIM_IDLE_SECONDS)" if c.likely_dead else ""
+            lines.append(
+                f"  {c.name:<{width}}  {c.pending:>5} pending  idle {c.idle_seconds:8.1f}s{flag}"
+            )
+    else:
+        lines.append("consumers none")
+    return "\n".join(lines)
