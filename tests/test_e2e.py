@@ -95,10 +95,15 @@ def test_three_workers_hold_the_limit_honour_priority_and_call_each_task_once(
         tasks = add_backlog(client, priorities)
         client.xadd(STREAM, {"endpoint": "//evil.example/x"})
         client.xadd(STREAM, {"endpoint": "/t/x", "status": "404"})
-        with workers(tmp_path, worker_env(redis_server.url, api), 3) as pool:
+        env = worker_env(redis_server.url, api, API_TOKEN="s3cr3t-token")
+        with workers(tmp_path, env, 3) as pool:
             wait_for(lambda: client.xlen(RESULTS) >= 102, 45, "102 results")
             codes = pool.terminate_all()
+            logs = [pool.log(n) for n in range(3)]
         assert codes == [0, 0, 0]
+        for log in logs:  # events only: no secret, and no line per successful call
+            assert "s3cr3t-token" not in log and "'api_token': '***'" in log
+            assert len(log.splitlines()) < 12, log
         calls = api.called_per_task()
         assert set(calls) == set(tasks) | {calls_of_404(client)}
         assert max(calls.values()) == 1, "a task was called twice"
