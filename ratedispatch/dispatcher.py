@@ -10,28 +10,22 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 from redis.asyncio import Redis
 
+from .calls import Caller
 from .connection import RedisGuard
+from .consumers import Consumers
 from .errors import InvalidTask
 from .keys import Keys
 from .limiter import Limiter
 from .metrics import Metrics
-from .outcome import (
-    Outcome,
-    Verdict,
-    classify_exception,
-    classify_response,
-    retry_delay,
-)
 from .queue import Entry, Grant, Queue, TakeStatus
 from .settings import Settings
-from .task import build_request, parse_entry
+from .task import parse_entry
 
 log = logging.getLogger("ratedispatch.worker")
 
@@ -39,8 +33,6 @@ READ_BATCH = 500
 READ_BLOCK_MS = 1000
 # How often an idle dispatch loop looks for work other workers' readers indexed.
 IDLE_POLL_SECONDS = 0.25
-# A response body is read up to this much, then dropped: only the status matters.
-MAX_RESPONSE_BYTES = 65_536
 # Redis work that must not be cut in half by a stop (a take whose grants would be orphaned).
 SHIELD_SECONDS = 5.0
 # Consumers that hold nothing and were idle this long are stopped workers: their records go.
@@ -65,10 +57,7 @@ class Dispatcher:
         self._settings = settings
         # 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not wake blocked reads)
         self._read_block_ms = read_block_ms
-        self._base_url = settings.require_api()
-        self._token = settings.api_token.get_secret_value() if settings.api_token else None
-        self._http = http
-        self._rng = rng or random.Random()
+        settings.require_api()
         self.metrics = metrics or Metrics()
         self.running = False
         self.keys = Keys.from_settings(settings)
@@ -89,6 +78,16 @@ class Dispatcher:
             self.guard,
             results_maxlen=settings.results_maxlen,
             delete_acked=settings.delete_acked,
+        )
+        self.consumers = Consumers(redis, self.keys, settings.consumer, self.guard)
+        self._caller = Caller(
+            settings,
+            http,
+            self.queue,
+            self.limiter,
+            self.guard,
+            self.metrics,
+            rng or random.Random(),
         )
         self._slots = anyio.Semaphore(settings.concurrency)
         self._intake = anyio.CancelScope()
@@ -137,7 +136,7 @@ class Dispatcher:
                 )
         with anyio.move_on_after(SHIELD_SECONDS, shield=True):
             # Leave no record behind in XINFO CONSUMERS (unless we still hold entries).
-            await self.queue.retire([self.queue.consumer])
+            await self.consumers.retire([self.queue.consumer])
         log.info("worker %s stopped", self.queue.consumer)
 
     def health(self) -> tuple[bool, str]:
@@ -188,7 +187,9 @@ class Dispatcher:
                     entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes
                 )
             except InvalidTask as exc:
-                await self._bury(entry.id, exc.reason, "invalid", last_status="invalid", attempts=0)
+                await self._caller.bury(
+                    entry.id, exc.reason, "invalid", last_status="invalid", attempts=0
+                )
                 continue
             valid.append((entry.id, task.priority))
         if valid:
@@ -231,128 +232,11 @@ class Dispatcher:
     async def _call(self, grant: Grant) -> None:
         self.metrics.in_flight.inc()
         try:
-            await self._attempt(grant)
+            await self._caller.call(grant)
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
             self._slots.release()
-
-    async def _attempt(self, grant: Grant) -> None:
-        entry = grant.entry
-        try:
-            task = parse_entry(entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes)
-            request = build_request(task, self._base_url, token=self._token, client=self._http)
-        except InvalidTask as exc:
-            await self._bury(entry.id, exc.reason, "invalid", last_status="invalid")
-            return
-        if grant.attempt > self._settings.max_attempts:
-            # Counted attempts include calls cut short by a crash: the limit still holds.
-            await self._bury(
-                entry.id,
-                f"gave up after {grant.attempt - 1} attempts "
-                f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}); "
-                "the last one was interrupted by a worker stopping",
-                "interrupted",
-                last_status="interrupted",
-            )
-            return
-        if grant.attempt == 1:
-            # The entry id is the producer's XADD time (Redis's clock), this is the worker's.
-            enqueued_ms = int(entry.id.partition("-")[0])
-            self.metrics.queue_wait.observe(max(0.0, time.time() - enqueued_ms / 1000))
-        started = time.monotonic()
-        outcome = await self._send(request)
-        seconds = time.monotonic() - started
-        self.metrics.call(outcome.verdict.value, outcome.http_status, seconds)
-        await self._settle(grant, outcome, round(seconds * 1000))
-
-    async def _send(self, request: httpx.Request) -> Outcome:
-        try:
-            # A total deadline, not httpx's per-read one: a call must end well before
-            # RECLAIM_IDLE_SECONDS, or another worker could take its entry and call again.
-            with anyio.fail_after(self._settings.http_timeout_seconds):
-                response = await self._http.send(request, stream=True)
-                try:
-                    read = 0
-                    async for chunk in response.aiter_bytes():
-                        read += len(chunk)
-                        if read >= MAX_RESPONSE_BYTES:
-                            break
-                finally:
-                    await response.aclose()
-        except Exception as exc:  # every failure of a call is an outcome, never a crash
-            return classify_exception(exc)
-        return classify_response(response)
-
-    async def _settle(self, grant: Grant, outcome: Outcome, duration_ms: int) -> None:
-        entry_id = grant.entry.id
-        if outcome.verdict is Verdict.OK:
-            recorded = await self.queue.ack(
-                entry_id, http_status=outcome.http_status or 0, duration_ms=duration_ms
-            )
-        elif outcome.verdict is Verdict.RETRY and grant.attempt < self._settings.max_attempts:
-            delay = retry_delay(
-                outcome,
-                grant.attempt,
-                self._settings.retry_backoff_seconds,
-                self._settings.retry_backoff_max_seconds,
-                self._rng,
-            )
-            if outcome.rate_limited:
-                await self._close_window(outcome.retry_after or delay)
-            recorded = await self.queue.retry_later(entry_id, grant.member, delay)
-            self.metrics.retries.inc()
-            log.debug(
-                "task %s attempt %d: %s; retry in %.2fs",
-                entry_id,
-                grant.attempt,
-                outcome.reason,
-                delay,
-            )
-        else:
-            if outcome.rate_limited:
-                await self._close_window(outcome.retry_after or 0.0)
-            reason, kind = outcome.reason, "rejected"
-            if outcome.verdict is Verdict.RETRY:
-                kind = "exhausted"
-                reason = (
-                    f"gave up after {grant.attempt} attempt{'s' if grant.attempt != 1 else ''} "
-                    f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}): {reason}"
-                )
-            recorded = await self._bury(
-                entry_id,
-                reason,
-                kind,
-                last_status=outcome.last_status,
-                http_status=outcome.http_status,
-                duration_ms=duration_ms,
-            )
-        if not recorded:
-            # Either our own earlier try was recorded and only its answer was lost (Redis went
-            # away), or the entry was reclaimed during a long outage and its new owner records it.
-            log.warning(
-                "task %s was no longer held by this worker when its outcome (%s) was recorded: "
-                "already recorded, or taken over after a long Redis outage",
-                entry_id,
-                outcome.last_status,
-            )
-
-    async def _close_window(self, seconds: float) -> None:
-        if seconds <= 0:
-            return
-        closed = await self.guard.run(
-            lambda: self.limiter.close_for(seconds), "closing the window after a 429"
-        )
-        log.warning("the API answered 429: window closed for every worker for %.1fs", closed)
-
-    async def _bury(
-        self, entry_id: str, reason: str, kind: str, *, last_status: str, **details: Any
-    ) -> bool:
-        """Dead-letter, counted by `kind`: invalid, rejected (4xx), exhausted, interrupted."""
-        recorded = await self.queue.bury(entry_id, reason, last_status=last_status, **details)
-        if recorded:
-            self.metrics.dead_letters.labels(kind).inc()
-        return recorded
 
     # -- reclaiming: a dead worker's entries -> priority index ----------------------------
 
@@ -366,10 +250,10 @@ class Dispatcher:
                 # of Redis being back to record their outcomes before taking anything over.
                 await anyio.sleep(interval)
                 continue
-            await self.queue.retire(await self.queue.idle_consumers(CONSUMER_PRUNE_MS))
-            ids = await self.queue.stale_ids(min_idle_ms, READ_BATCH)
+            await self.consumers.retire(await self.consumers.idle(CONSUMER_PRUNE_MS))
+            ids = await self.consumers.stale_ids(min_idle_ms, READ_BATCH)
             if ids:
-                entries, dropped = await self.queue.reclaim(ids, min_idle_ms)
+                entries, dropped = await self.consumers.reclaim(ids, min_idle_ms)
                 if entries:
                     self.metrics.reclaimed.inc(len(entries))
                     log.warning(

@@ -12,7 +12,7 @@ import enum
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
@@ -30,7 +30,7 @@ log = logging.getLogger("ratedispatch.worker")
 PROMOTE_PER_TAKE = 1000
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -69,7 +69,7 @@ class Take:
     wait: float | None = None
 
 
-def _fields(flat: Sequence[bytes]) -> dict[bytes, bytes]:
+def field_map(flat: Sequence[bytes]) -> dict[bytes, bytes]:
     return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
 
 
@@ -78,7 +78,7 @@ async def read_stream(
 ) -> list[Entry]:
     """The entries of any stream (results, dead letters), oldest first, up to id `end`."""
     rows: Any = await redis.xrange(stream, max=end, count=count)
-    return [Entry(_text(entry_id), dict(fields)) for entry_id, fields in rows or []]
+    return [Entry(as_text(entry_id), dict(fields)) for entry_id, fields in rows or []]
 
 
 class Queue:
@@ -110,8 +110,6 @@ class Queue:
         self._take = redis.register_script(_lua.source("take", "common", "window"))
         self._ingest = redis.register_script(_lua.source("ingest", "common"))
         self._settle = redis.register_script(_lua.source("settle", "common"))
-        self._reclaim = redis.register_script(_lua.source("reclaim"))
-        self._retire = redis.register_script(_lua.source("retire"))
 
     async def ensure_group(self) -> None:
         """Create the group at id 0 (so earlier entries are not skipped); BUSYGROUP is fine."""
@@ -152,7 +150,7 @@ class Queue:
         for _stream, rows in reply or []:
             for entry_id, fields in rows:
                 # Redis 6.2 answered nil fields for a deleted entry; 7.x leaves it out.
-                entries.append(Entry(_text(entry_id), dict(fields or {})))
+                entries.append(Entry(as_text(entry_id), dict(fields or {})))
         return entries
 
     async def defer(self, items: Iterable[tuple[str, Priority]]) -> int:
@@ -200,7 +198,7 @@ class Queue:
         status, payload = await self._guard.run(op, "taking a slot")
         if status == 1:
             grants = [
-                Grant(Entry(_text(i), _fields(flat)), int(attempt), _text(member))
+                Grant(Entry(as_text(i), field_map(flat)), int(attempt), as_text(member))
                 for i, flat, attempt, member in payload
             ]
             return Take(TakeStatus.GRANTED, grants)
@@ -282,72 +280,3 @@ class Queue:
             return await self._settle(keys=keys, args=args)
 
         return bool(await self._guard.run(op, f"recording a task as {mode}"))
-
-    async def retire(self, names: Sequence[str]) -> int:
-        """Delete these consumers' records if they hold no entries; returns how many went."""
-        if not names:
-            return 0
-
-        async def op() -> Any:
-            return await self._retire(keys=[self.keys.stream], args=[self.keys.group, *names])
-
-        return int(await self._guard.run(op, "removing idle consumers"))
-
-    async def idle_consumers(self, min_idle_ms: int) -> list[str]:
-        """Worker consumers idle at least `min_idle_ms` that hold nothing: stopped workers."""
-
-        async def op() -> list[str]:
-            rows = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group)
-            return [
-                _text(row["name"])
-                for row in rows
-                if _text(row["name"]) != self.keys.waiting_consumer
-                and not row.get("pending")
-                and int(row.get("idle", 0)) >= min_idle_ms
-            ]
-
-        return await self._guard.run(op, "looking for idle consumers")
-
-    async def stale_ids(self, min_idle_ms: int, count: int) -> list[str]:
-        """Pending entries of worker consumers idle at least `min_idle_ms`: their owner is gone.
-
-        The waiting consumer is skipped on purpose: its entries wait for a slot or a backoff.
-        """
-
-        async def op() -> list[str]:
-            ids: list[str] = []
-            consumers = await self._redis.xinfo_consumers(self.keys.stream, self.keys.group)
-            for consumer in consumers:
-                name = _text(consumer["name"])
-                if name == self.keys.waiting_consumer or not consumer.get("pending"):
-                    continue
-                rows = await self._redis.xpending_range(
-                    self.keys.stream,
-                    self.keys.group,
-                    "-",
-                    "+",
-                    count - len(ids),
-                    consumername=name,
-                    idle=min_idle_ms,
-                )
-                ids += [_text(cast(bytes, row["message_id"])) for row in rows]
-                if len(ids) >= count:
-                    break
-            return ids
-
-        return await self._guard.run(op, "looking for abandoned tasks")
-
-    async def reclaim(self, ids: Sequence[str], min_idle_ms: int) -> tuple[list[Entry], int]:
-        """Claim abandoned entries for this consumer; returns them and how many were trimmed."""
-        if not ids:
-            return [], 0
-
-        async def op() -> Any:
-            return await self._reclaim(
-                keys=[self.keys.stream, self.keys.attempts],
-                args=[self.keys.group, self.consumer, min_idle_ms, *ids],
-            )
-
-        claimed, dropped = await self._guard.run(op, "reclaiming abandoned tasks")
-        entries = [Entry(_text(i), _fields(flat)) for i, flat in claimed]
-        return entries, int(dropped)

@@ -66,7 +66,7 @@ async def test_two_workers_never_take_the_same_entry(redis: Redis) -> None:
 async def test_waiting_entries_are_never_reclaimed_but_a_dead_workers_are(redis: Redis) -> None:
     settings = make_settings()
     dead = dispatcher_for(make_settings(consumer="dead-worker"), redis).queue
-    live = dispatcher_for(settings, redis).queue
+    live = dispatcher_for(settings, redis).consumers
     ids = await add_tasks(redis, settings, "normal", "normal", "normal")
     await index_all(dead)
     in_flight = await dead.take(1)  # the dead worker took one, then died
@@ -82,7 +82,7 @@ async def test_waiting_entries_are_never_reclaimed_but_a_dead_workers_are(redis:
 async def test_a_live_workers_fresh_claim_is_not_reclaimed(redis: Redis) -> None:
     settings = make_settings()
     a = dispatcher_for(settings, redis).queue
-    b = dispatcher_for(make_settings(consumer="worker-b"), redis).queue
+    b = dispatcher_for(make_settings(consumer="worker-b"), redis).consumers
     await add_tasks(redis, settings, "normal")
     await index_all(a)
     await anyio.sleep(0.15)  # the entry idles in the index...
@@ -96,7 +96,7 @@ async def test_a_live_workers_fresh_claim_is_not_reclaimed(redis: Redis) -> None
 async def test_trimmed_entries_are_acknowledged_and_forgotten(redis: Redis) -> None:
     settings = make_settings()
     dead = dispatcher_for(make_settings(consumer="dead-worker"), redis).queue
-    live = dispatcher_for(settings, redis).queue
+    live = dispatcher_for(settings, redis).consumers
     await add_tasks(redis, settings, "normal", "normal")
     await index_all(dead)
     grants = (await dead.take(2)).grants
@@ -114,14 +114,16 @@ async def test_trimmed_entries_are_acknowledged_and_forgotten(redis: Redis) -> N
 async def test_settling_an_entry_that_is_no_longer_ours_does_nothing(redis: Redis) -> None:
     settings = make_settings(results_stream="results")
     a = dispatcher_for(settings, redis).queue
-    b = dispatcher_for(make_settings(consumer="worker-b", results_stream="results"), redis).queue
+    b = dispatcher_for(make_settings(consumer="worker-b", results_stream="results"), redis)
     await add_tasks(redis, settings, "normal")
     await index_all(a)
     grant = (await a.take(1)).grants[0]
     await anyio.sleep(0.15)
-    entries, _ = await b.reclaim(await b.stale_ids(100, 10), 100)  # a was presumed dead
+    entries, _ = await b.consumers.reclaim(
+        await b.consumers.stale_ids(100, 10), 100
+    )  # a was presumed dead
     assert len(entries) == 1
     assert await a.ack(grant.entry.id, http_status=200, duration_ms=5) is False
     assert await redis.xlen("results") == 0
-    assert await b.ack(grant.entry.id, http_status=200, duration_ms=5) is True
+    assert await b.queue.ack(grant.entry.id, http_status=200, duration_ms=5) is True
     assert await redis.xlen("results") == 1
