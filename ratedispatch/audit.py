@@ -44,3 +44,75 @@ def first_window_of(windows: Sequence[Sequence[Call]]) -> dict[str, int]:
         for call in window:
             first.setdefault(call.task, index)
     return first
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What a run did to its tasks, from the API's log of calls and Redis's final state."""
+
+    tasks: int
+    calls: int
+    windows: list[int]  # calls in each window, as the API saw them
+    limit: int
+    never_called: list[str]
+    called_more_than_once: dict[str, int]
+    lost: list[str]  # neither acknowledged with a result nor dead-lettered
+    priority_inversions: int  # tasks first called in a later window than a lower-priority task
+
+    @property
+    def busiest(self) -> int:
+        return max(self.windows, default=0)
+
+    def summary(self) -> str:
+        return (
+            f"{self.tasks} tasks, {self.calls} calls in {len(self.windows)} windows; "
+            f"busiest window {self.busiest}/{self.limit}; lost {len(self.lost)}; "
+            f"never called {len(self.never_called)}; "
+            f"called more than once {len(self.called_more_than_once)}; "
+            f"priority inversions {self.priority_inversions}"
+        )
+
+
+RANK = {"high": 0, "normal": 1, "low": 2}
+
+
+def check(
+    calls: Sequence[Call],
+    tasks: dict[str, str],
+    finished: set[str],
+    *,
+    window: float,
+    limit: int,
+    tolerance: float = 0.0,
+    cold_start: float = 0.0,
+) -> Report:
+    """`tasks` maps each task (as `Call.task` names it) to its priority; `finished` holds the
+    tasks with a result or a dead letter. Calls to tasks not in `tasks` count toward the limit.
+
+    A priority inversion is a task first called in a later window than the first call of some
+    task of lower priority. It is meaningful when the whole backlog was there from the start."""
+    windows = fixed_windows(calls, window, tolerance, cold_start)
+    first = first_window_of(windows)
+    counts: dict[str, int] = {}
+    for call in calls:
+        counts[call.task] = counts.get(call.task, 0) + 1
+    earliest: dict[int, int] = {}  # rank -> earliest first-call window of its tasks
+    for task, priority in tasks.items():
+        if task in first:
+            rank = RANK[priority]
+            earliest[rank] = min(earliest.get(rank, first[task]), first[task])
+    inversions = 0
+    for task, priority in tasks.items():
+        lower = [w for rank, w in earliest.items() if rank > RANK[priority]]
+        if task in first and lower and first[task] > min(lower):
+            inversions += 1
+    return Report(
+        tasks=len(tasks),
+        calls=len(calls),
+        windows=[len(w) for w in windows],
+        limit=limit,
+        never_called=sorted(t for t in tasks if t not in counts),
+        called_more_than_once={t: n for t, n in counts.items() if n > 1 and t in tasks},
+        lost=sorted(t for t in tasks if t not in finished),
+        priority_inversions=inversions,
+    )

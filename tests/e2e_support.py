@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -24,7 +26,9 @@ class ApiServer:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.calls: list[Call] = []
+        self.storm_until = 0.0  # every call answers 503 until this monotonic time
         self._lock = threading.Lock()
+        self._seen: Counter[str] = Counter()
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,18 +43,53 @@ class ApiServer:
                 )
                 with api._lock:
                     api.calls.append(call)
+                    api._seen[call.task] += 1
+                    seen = api._seen[call.task]
                 if api.delay:
                     time.sleep(api.delay)
+                # OSError: the worker was killed, or gave up, mid-call
+                with contextlib.suppress(OSError):
+                    self._behave(query.get("mode", [""])[0], query, seen)
+
+            def _behave(self, mode: str, query: dict[str, list[str]], seen: int) -> None:
                 status = int(query.get("status", ["200"])[0])
+                headers: dict[str, str] = {}
                 body = b'{"ok": true}'
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
+                if time.monotonic() < api.storm_until and not mode.startswith("429"):
+                    status = 503
+                elif mode == "slow":  # longer than the worker's HTTP timeout
+                    time.sleep(float(query.get("sleep", ["3"])[0]))
+                elif mode == "reset":  # a status line, then the connection drops
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                elif mode == "huge":  # 20 MB the worker must not keep
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(20 * 1024 * 1024))
                     self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the worker was killed mid-call
+                    chunk = b"x" * 65536
+                    for _ in range(320):
+                        self.wfile.write(chunk)
+                    return
+                elif mode == "flaky" and seen <= int(query.get("fail", ["2"])[0]):
+                    status = 503
+                elif mode == "429s" and seen == 1:
+                    status, headers = 429, {"Retry-After": "1"}
+                elif mode == "429date" and seen == 1:
+                    now = time.time()
+                    headers = {
+                        "Retry-After": formatdate(now + 1, usegmt=True),
+                        "Date": formatdate(now, usegmt=True),
+                    }
+                    status = 429
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -89,18 +128,20 @@ class Workers:
         self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, count: int) -> None:
+    def start(self, count: int, prefix: tuple[str, ...] = (), **extra_env: str) -> None:
+        """Start `count` workers; `prefix` runs them under another command (e.g. faketime)."""
         for _ in range(count):
             n = len(self.processes)
             env = {
                 **{k: v for k, v in os.environ.items() if not k.startswith("RATEDISPATCH_")},
                 **self.env,
                 "RATEDISPATCH_CONSUMER": f"worker-{n}",
+                **extra_env,
             }
             log = open(self.logdir / f"worker-{n}.log", "wb")  # noqa: SIM115 - closed with the process
             self.processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "ratedispatch", "worker"],
+                    [*prefix, sys.executable, "-m", "ratedispatch", "worker"],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -110,6 +151,9 @@ class Workers:
 
     def log(self, n: int) -> str:
         return (self.logdir / f"worker-{n}.log").read_text(errors="replace")
+
+    def alive(self) -> list[int]:
+        return [n for n, p in enumerate(self.processes) if p.poll() is None]
 
     def kill(self, n: int) -> None:
         self.processes[n].send_signal(signal.SIGKILL)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ratedispatch.audit import Call, first_window_of, fixed_windows
+from ratedispatch.audit import Call, check, first_window_of, fixed_windows
 
 
 def calls(*times: float) -> list[Call]:
@@ -25,3 +25,26 @@ def test_cold_start_applies_to_the_first_window_only() -> None:
     assert [len(w) for w in fixed_windows(log, 1.0)] == [4, 2]
     assert [len(w) for w in fixed_windows(log, 1.0, cold_start=0.2)] == [2, 2, 2]
     assert first_window_of(fixed_windows(log, 1.0, cold_start=0.2))["task-5"] == 2
+
+
+def test_the_checker_reports_limit_duplicates_losses_and_inversions() -> None:
+    tasks = {"h1": "high", "h2": "high", "n1": "normal", "l1": "low", "l2": "low"}
+    log = [
+        Call(0.00, "h1"), Call(0.01, "n1"), Call(0.02, "l1"),  # window 1: l1 jumped ahead of h2
+        Call(1.00, "h2"), Call(1.01, "h1"),  # window 2: h2, and h1 again
+    ]  # fmt: skip
+    report = check(log, tasks, {"h1", "h2", "n1", "l1"}, window=1.0, limit=2)
+    assert report.windows == [3, 2] and report.busiest == 3
+    assert report.never_called == ["l2"]
+    assert report.called_more_than_once == {"h1": 2}
+    assert report.lost == ["l2"]
+    assert report.priority_inversions == 1  # h2 came after a normal and a low task
+    assert "busiest window 3/2" in report.summary()
+
+
+def test_a_clean_run_reports_nothing_wrong() -> None:
+    tasks = {"h": "high", "n": "normal", "l": "low"}
+    log = [Call(0.0, "h"), Call(0.5, "n"), Call(1.2, "l")]
+    report = check(log, tasks, set(tasks), window=1.0, limit=2)
+    assert (report.busiest, report.lost, report.called_more_than_once) == (2, [], {})
+    assert (report.never_called, report.priority_inversions) == ([], 0)
