@@ -128,8 +128,8 @@ class Workers:
         self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, count: int, prefix: tuple[str, ...] = (), **extra_env: str) -> None:
-        """Start `count` workers; `prefix` runs them under another command (e.g. faketime)."""
+    def start(self, count: int, **extra_env: str) -> None:
+        """Start `count` workers, with `extra_env` added to their environment."""
         for _ in range(count):
             n = len(self.processes)
             env = {
@@ -141,7 +141,7 @@ class Workers:
             log = open(self.logdir / f"worker-{n}.log", "wb")  # noqa: SIM115 - closed with the process
             self.processes.append(
                 subprocess.Popen(
-                    [*prefix, sys.executable, "-m", "ratedispatch", "worker"],
+                    [sys.executable, "-m", "ratedispatch", "worker"],
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,

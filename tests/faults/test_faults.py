@@ -4,6 +4,8 @@ the limit never exceeded, repeats only of calls in flight in a killed worker."""
 
 from __future__ import annotations
 
+import glob
+import os
 import random
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ import redis as redis_sync
 
 from ratedispatch.audit import Report, check
 
-from ..e2e_support import ApiServer, wait_for, workers
+from ..e2e_support import ApiServer, Workers, wait_for, workers
 from ..redis_server import RedisServer
 from .proxy import Proxy
 
@@ -198,3 +200,38 @@ def test_operator_accidents_cost_only_what_was_removed(
     assert result.busiest <= limit
     trimmed = [t for t in first if t not in finished(client)]
     print(f"cost: {len(trimmed)} of {len(first)} tasks trimmed away before their call")
+
+
+def test_workers_with_skewed_clocks_share_one_window(
+    client: redis_sync.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The window lives on Redis's clock: workers an hour ahead and an hour behind change
+    nothing, and a Retry-After date is read against the API's own Date header."""
+    found = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    if not found:
+        if os.environ.get("CI"):
+            pytest.fail("libfaketime is required in CI (apt-get install faketime)")
+        pytest.skip("libfaketime is not installed")
+    # Preloaded into the worker itself (the `faketime` wrapper would take our SIGTERM).
+    skew = {"LD_PRELOAD": found[0], "DONT_FAKE_MONOTONIC": "1"}
+    with ApiServer(delay=0.01) as api:
+        tasks = add(client, 90)
+        tasks.update(add(client, 6, priority="high", mode="429date"))
+        env = env_for(redis_server.url, api)
+        pool = Workers(tmp_path, env)
+        try:
+            pool.start(1, **skew, FAKETIME="+1h")
+            pool.start(1, **skew, FAKETIME="-1h")
+            pool.start(1)
+            wait_for(all_finished(client, tasks), 60, "every task finished")
+            codes = pool.terminate_all()
+            ahead, behind = pool.log(0)[:13], pool.log(1)[:13]  # "YYYY-MM-DD HH"
+        finally:
+            for process in pool.processes:
+                if process.poll() is None:
+                    process.kill()
+        result = report(api, client, tasks, 30)
+    assert ahead != behind, "the workers' clocks were not skewed"
+    assert codes == [0, 0, 0]
+    assert result.lost == [] and result.busiest <= 30
+    assert all(f[b"status"] == b"ok" for f in finished(client).values())
