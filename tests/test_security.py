@@ -1,0 +1,156 @@
+"""Security: TLS (`rediss://`), a least-privilege Redis ACL user, and secrets kept out of every
+output. Real redis-server only (TLS and ACLs are what is being tested)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import httpx
+import pytest
+import respx
+from redis.exceptions import NoPermissionError
+
+from ratedispatch import Dispatcher
+from ratedispatch.cli import main
+from ratedispatch.connection import connect
+from ratedispatch.dead import DeadLetters
+from ratedispatch.keys import Keys
+from ratedispatch.queue import read_stream
+from ratedispatch.status import collect, render
+
+from .conftest import API, _require_redis_server, make_settings
+from .helpers import add_tasks, eventually
+from .redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD = "acl-pw-7f3e"
+TOKEN = "api-token-91c2"
+# The least-privilege ACL documented in the README: only the commands ratedispatch runs
+# (also inside its Lua scripts), only its keys.
+ACL_RULES = (
+    "on", f">{PASSWORD}", "resetkeys", "~external:api:*", "~rate:external:api", "resetchannels",
+    "-@all", "+@stream", "+zadd", "+zrem", "+zcard", "+zlexcount", "+zpopmin", "+zrange",
+    "+zrangebyscore", "+hincrby", "+hget", "+hdel", "+get", "+set", "+incrby", "+pexpire",
+    "+pttl", "+del", "+time", "+ping", "+multi", "+exec", "+evalsha", "+script|load",
+)  # fmt: skip
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl)."""
+    ca_key, ca, key, csr, cert = (
+        directory / n for n in ("ca.key", "ca.crt", "s.key", "s.csr", "s.crt")
+    )
+    ext = directory / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "1",
+        "-subj",
+        "/CN=ratedispatch-test-ca",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
+    return cert, key, ca
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[RedisServer]:
+    _require_redis_server()
+    server = RedisServer(tmp_path / "redis", tls=make_certificates(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def acl_url(tls_server: RedisServer) -> AsyncIterator[str]:
+    assert tls_server.tls is not None
+    ca = tls_server.tls[2]
+    admin = connect(f"rediss://127.0.0.1:{tls_server.port}/0?ssl_ca_certs={ca}")
+    await cast(Any, admin).execute_command("ACL", "SETUSER", "dispatcher", *ACL_RULES)
+    yield f"rediss://dispatcher:{PASSWORD}@127.0.0.1:{tls_server.port}/0?ssl_ca_certs={ca}"
+    await admin.aclose()
+
+
+async def test_a_worker_runs_over_tls_as_a_least_privilege_acl_user(
+    acl_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = make_settings(redis_url=acl_url, api_token=TOKEN, max_attempts=2)
+    redis = connect(acl_url)
+    await add_tasks(redis, settings, "high", "normal")
+    await redis.xadd(settings.stream, {"endpoint": "http://evil.example/"})
+    with respx.mock(base_url=API) as api:
+        api.get("/t/0").respond(200)
+        api.get("/t/1").respond(500)
+        async with httpx.AsyncClient() as http:
+            dispatcher = Dispatcher(settings, redis, http)
+            async with anyio.create_task_group() as tg:
+                await tg.start(dispatcher.run)
+
+                async def done() -> bool:
+                    return len(await read_stream(redis, settings.results_stream)) == 3
+
+                await eventually(done)
+                dispatcher.stop()
+    status = await collect(redis, settings)  # `status` works with the same ACL
+    assert status.dead_letters == 2 and status.group_exists
+    dead = DeadLetters(redis, Keys.from_settings(settings))
+    [letter, *_] = await dead.oldest()
+    await dead.requeue(letter.id)  # and so does `dead requeue`
+    outputs = [render(status), status.to_json(), caplog.text]
+    for stream in (settings.results_stream, settings.dead_letter_stream, settings.stream):
+        outputs += [repr(e.fields) for e in await read_stream(redis, stream)]
+    for secret in (PASSWORD, TOKEN):
+        assert all(secret not in text for text in outputs), secret
+    await redis.aclose()
+
+
+async def test_the_acl_really_is_narrow(acl_url: str) -> None:
+    redis = connect(acl_url)
+    with pytest.raises(NoPermissionError):
+        await redis.flushall()
+    with pytest.raises(NoPermissionError):
+        await redis.set("someone:else:key", 1)
+    await redis.aclose()
+
+
+def test_a_tls_server_without_the_ca_is_one_clear_line_and_exit_1(
+    tls_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"rediss://:{PASSWORD}@127.0.0.1:{tls_server.port}/0"
+    assert main(["status", "--redis-url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "certificate verify failed" in err
+    assert PASSWORD not in err
