@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,26 +86,41 @@ def check(
     limit: int,
     tolerance: float = 0.0,
     cold_start: float = 0.0,
+    enqueued: dict[str, float] | None = None,
+    index_delay: float = 0.1,
 ) -> Report:
     """`tasks` maps each task (as `Call.task` names it) to its priority; `finished` holds the
     tasks with a result or a dead letter. Calls to tasks not in `tasks` count toward the limit.
 
-    A priority inversion is a task first called in a later window than the first call of some
-    task of lower priority. It is meaningful when the whole backlog was there from the start."""
+    A priority inversion is a task that waited through a window in which a task of lower
+    priority got its first call. `enqueued` gives, on the observer's clock, when each task was
+    added; a task counts as waiting from the first window opening `index_delay` seconds later
+    (the time a reader takes to index it). Without `enqueued`, every task waits from the start.
+    """
     windows = fixed_windows(calls, window, tolerance, cold_start)
     first = first_window_of(windows)
     counts: dict[str, int] = {}
     for call in calls:
         counts[call.task] = counts.get(call.task, 0) + 1
-    earliest: dict[int, int] = {}  # rank -> earliest first-call window of its tasks
-    for task, priority in tasks.items():
-        if task in first:
-            rank = RANK[priority]
-            earliest[rank] = min(earliest.get(rank, first[task]), first[task])
+    # lowest[i]: the lowest priority (highest rank) that got a first call in window i.
+    lowest = [-1] * len(windows)
+    for task, index in first.items():
+        if task in tasks:
+            lowest[index] = max(lowest[index], RANK[tasks[task]])
+    # below[r][i]: how many of windows 0..i-1 gave a first call to something below rank r.
+    below = {r: [0] for r in RANK.values()}
+    for worst in lowest:
+        for r, prefix in below.items():
+            prefix.append(prefix[-1] + (1 if worst > r else 0))
+    starts = [w[0].at for w in windows]
     inversions = 0
     for task, priority in tasks.items():
-        lower = [w for rank, w in earliest.items() if rank > RANK[priority]]
-        if task in first and lower and first[task] > min(lower):
+        rank = RANK[priority]
+        waited_from = 0
+        if enqueued is not None and task in enqueued:
+            waited_from = bisect.bisect_left(starts, enqueued[task] + index_delay)
+        until = first.get(task, len(windows))
+        if until > waited_from and below[rank][until] - below[rank][waited_from] > 0:
             inversions += 1
     return Report(
         tasks=len(tasks),

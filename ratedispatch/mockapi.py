@@ -1,9 +1,12 @@
 """A stand-in for the external API, for trying ratedispatch locally (`config/compose.yaml`).
 
-    python -m ratedispatch.mockapi --port 8080 [--latency 0.02] [--fail-rate 0.05]
+    python -m ratedispatch.mockapi --port 8080 [--latency 0.02] [--fail-rate 0.05] [--log FILE]
 
 Answers every request with 200 and a small JSON body (or 503 at `--fail-rate`), and prints the
 calls it received in each second, so the limit can be seen holding from the API's side.
+`--log` appends one line per call: the time (CLOCK_MONOTONIC seconds, comparable across the
+processes of one machine), the Idempotency-Key and the `prio` query parameter. SIGUSR1 starts
+a 3-second storm of 503s.
 """
 
 from __future__ import annotations
@@ -12,24 +15,36 @@ import argparse
 import contextlib
 import json
 import random
+import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TextIO
+from urllib.parse import parse_qs, urlsplit
 
 
 class MockApi(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the default 5 drops SYNs when many workers connect at once
 
-    def __init__(self, port: int, latency: float, fail_rate: float, host: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        port: int,
+        latency: float,
+        fail_rate: float,
+        host: str = "0.0.0.0",
+        log: TextIO | None = None,
+    ) -> None:
         super().__init__((host, port), _Handler)
         self.latency = latency
         self.fail_rate = fail_rate
         self.lock = threading.Lock()
         self.calls_this_second = 0
         self.total = 0
+        self.log = log
+        self.storm_until = 0.0
 
     def report_every_second(self) -> None:
         while True:
@@ -48,12 +63,17 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
+        now = time.monotonic()
         with self.server.lock:
             self.server.calls_this_second += 1
             self.server.total += 1
+            if self.server.log is not None:
+                key = self.headers.get("Idempotency-Key", "")
+                prio = parse_qs(urlsplit(self.path).query).get("prio", [""])[0]
+                self.server.log.write(f"{now:.6f} {key} {prio}\n")
         if self.server.latency:
             time.sleep(self.server.latency)
-        failed = random.random() < self.server.fail_rate
+        failed = now < self.server.storm_until or random.random() < self.server.fail_rate
         body = json.dumps({"ok": not failed, "path": self.path}).encode()
         self.send_response(503 if failed else 200)
         self.send_header("Content-Type", "application/json")
@@ -73,12 +93,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per answer")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of 503 answers")
+    parser.add_argument("--log", help="append one line per call to this file")
     args = parser.parse_args(argv)
-    server = MockApi(args.port, args.latency, args.fail_rate, args.host)
+    log = open(args.log, "a", buffering=1) if args.log else None  # noqa: SIM115
+    server = MockApi(args.port, args.latency, args.fail_rate, args.host, log)
+
+    def storm(signum: int, frame: object) -> None:
+        server.storm_until = time.monotonic() + 3.0
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGUSR1, storm)
+    signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=server.report_every_second, daemon=True).start()
     print(f"mockapi: listening on {args.host}:{server.server_address[1]}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
+    if log is not None:
+        log.close()
     return 0
 
 

@@ -48,3 +48,15 @@ def test_a_clean_run_reports_nothing_wrong() -> None:
     report = check(log, tasks, set(tasks), window=1.0, limit=2)
     assert (report.busiest, report.lost, report.called_more_than_once) == (2, [], {})
     assert (report.never_called, report.priority_inversions) == ([], 0)
+
+
+def test_inversions_count_only_tasks_that_were_waiting() -> None:
+    tasks = {"l1": "low", "h1": "high", "h2": "high"}
+    log = [Call(0.0, "l1"), Call(1.0, "h1"), Call(2.0, "h2")]
+    # h2 was there before window 1 opened and waited while l1 was called: an inversion.
+    # h1 was added just before window 2: nothing lower was called while it waited.
+    added = {"l1": -1.0, "h1": 0.95, "h2": -0.5}
+    report = check(log, tasks, set(tasks), window=1.0, limit=5, enqueued=added)
+    assert report.priority_inversions == 1
+    everything_at_start = check(log, tasks, set(tasks), window=1.0, limit=5)
+    assert everything_at_start.priority_inversions == 2  # h1 and h2 both waited behind l1
