@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -12,6 +12,7 @@ class Call:
     at: float  # seconds, on the observer's clock
     task: str  # which task (entry id or idempotency key)
     priority: str = "normal"
+    status: int = 0  # the API's answer, when the observer recorded it
 
 
 def fixed_windows(
@@ -58,7 +59,12 @@ class Report:
     never_called: list[str]
     called_more_than_once: dict[str, int]
     lost: list[str]  # neither acknowledged with a result nor dead-lettered
-    priority_inversions: int  # tasks first called in a later window than a lower-priority task
+    priority_inversions: int
+    # called again after the API had answered 2xx: only a worker killed before it could record
+    # that answer explains it (retries after errors are not counted here)
+    called_after_success: list[str] = field(
+        default_factory=list
+    )  # tasks first called in a later window than a lower-priority task
 
     @property
     def busiest(self) -> int:
@@ -69,7 +75,8 @@ class Report:
             f"{self.tasks} tasks, {self.calls} calls in {len(self.windows)} windows; "
             f"busiest window {self.busiest}/{self.limit}; lost {len(self.lost)}; "
             f"never called {len(self.never_called)}; "
-            f"called more than once {len(self.called_more_than_once)}; "
+            f"called more than once {len(self.called_more_than_once)} "
+            f"(again after a 2xx: {len(self.called_after_success)}); "
             f"priority inversions {self.priority_inversions}"
         )
 
@@ -100,8 +107,14 @@ def check(
     windows = fixed_windows(calls, window, tolerance, cold_start)
     first = first_window_of(windows)
     counts: dict[str, int] = {}
-    for call in calls:
+    succeeded: set[str] = set()
+    after_success: set[str] = set()
+    for call in sorted(calls, key=lambda c: c.at):
         counts[call.task] = counts.get(call.task, 0) + 1
+        if call.task in succeeded:
+            after_success.add(call.task)
+        if 200 <= call.status < 300:
+            succeeded.add(call.task)
     # lowest[i]: the lowest priority (highest rank) that got a first call in window i.
     lowest = [-1] * len(windows)
     for task, index in first.items():
@@ -131,4 +144,5 @@ def check(
         called_more_than_once={t: n for t, n in counts.items() if n > 1 and t in tasks},
         lost=sorted(t for t in tasks if t not in finished),
         priority_inversions=inversions,
+        called_after_success=sorted(t for t in after_success if t in tasks),
     )

@@ -4,9 +4,9 @@
 
 Answers every request with 200 and a small JSON body (or 503 at `--fail-rate`), and prints the
 calls it received in each second, so the limit can be seen holding from the API's side.
-`--log` appends one line per call: the time (CLOCK_MONOTONIC seconds, comparable across the
-processes of one machine), the Idempotency-Key and the `prio` query parameter. SIGUSR1 starts
-a 3-second storm of 503s.
+`--log` appends one line per call: its arrival time (CLOCK_MONOTONIC seconds, comparable across
+the processes of one machine), the Idempotency-Key, the `prio` query parameter and the status
+answered. SIGUSR1 starts a 3-second storm of 503s.
 """
 
 from __future__ import annotations
@@ -67,13 +67,14 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.calls_this_second += 1
             self.server.total += 1
-            if self.server.log is not None:
-                key = self.headers.get("Idempotency-Key", "")
-                prio = parse_qs(urlsplit(self.path).query).get("prio", [""])[0]
-                self.server.log.write(f"{now:.6f} {key} {prio}\n")
         if self.server.latency:
             time.sleep(self.server.latency)
         failed = now < self.server.storm_until or random.random() < self.server.fail_rate
+        if self.server.log is not None:
+            key = self.headers.get("Idempotency-Key", "")
+            prio = parse_qs(urlsplit(self.path).query).get("prio", [""])[0]
+            with self.server.lock:
+                self.server.log.write(f"{now:.6f} {key} {prio} {503 if failed else 200}\n")
         body = json.dumps({"ok": not failed, "path": self.path}).encode()
         self.send_response(503 if failed else 200)
         self.send_header("Content-Type", "application/json")

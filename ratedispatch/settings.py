@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # of the priority index, past which the stream itself holds the backlog.
     retry_backoff_seconds: float = Field(1.0, gt=0)
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
-    max_waiting: int = Field(10_000, ge=1)
+    max_waiting: int = Field(100_000, ge=1)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -60,3 +60,14 @@ def test_inversions_count_only_tasks_that_were_waiting() -> None:
     assert report.priority_inversions == 1
     everything_at_start = check(log, tasks, set(tasks), window=1.0, limit=5)
     assert everything_at_start.priority_inversions == 2  # h1 and h2 both waited behind l1
+
+
+def test_a_call_after_a_2xx_is_told_apart_from_a_retry() -> None:
+    tasks = {"a": "normal", "b": "normal"}
+    log = [
+        Call(0.0, "a", status=503), Call(0.5, "a", status=200),  # a retry: fine
+        Call(0.1, "b", status=200), Call(1.2, "b", status=200),  # b again after success
+    ]  # fmt: skip
+    report = check(log, tasks, set(tasks), window=1.0, limit=5)
+    assert report.called_more_than_once == {"a": 2, "b": 2}
+    assert report.called_after_success == ["b"]

@@ -61,6 +61,8 @@ async def test_a_2xx_is_acknowledged_deleted_and_recorded(redis: Redis) -> None:
     assert request.headers["Idempotency-Key"] == ids[0]
     assert request.headers["Authorization"] == "Bearer tok"
     [result] = await fields_of(redis, settings.results_stream)
+    # exactly the contract's fields: no response body or task data is stored in results
+    assert set(result) == {"id", "status", "http_status", "attempts", "duration_ms", "finished_at"}
     assert result["id"] == ids[0] and result["status"] == "ok"
     assert (result["http_status"], result["attempts"]) == ("200", "1")
     assert int(result["duration_ms"]) >= 0 and int(result["finished_at"]) > 1.6e12
@@ -331,3 +333,16 @@ async def test_results_are_capped_approximately(redis: Redis) -> None:
             await eventually(all_called)
     # MAXLEN ~ trims whole radix-tree nodes (100 entries by default), never below the cap.
     assert 10 <= await redis.xlen(settings.results_stream) < 300
+
+
+async def test_a_redirect_is_not_followed_so_the_token_never_leaves_the_api(redis: Redis) -> None:
+    settings = make_settings(api_token="tok")
+    await add_tasks(redis, settings, "normal")
+    with respx.mock(base_url=API, assert_all_called=False) as api:
+        route = api.get("/t/0").respond(302, headers={"Location": "https://evil.example/steal"})
+        elsewhere = respx.get("https://evil.example/steal").respond(200)
+        async with running(settings, redis):
+            await count_is(redis, settings.dead_letter_stream, 1)
+    assert route.call_count == 1 and elsewhere.call_count == 0
+    [letter] = await fields_of(redis, settings.dead_letter_stream)
+    assert letter["last_status"] == "302"
