@@ -124,6 +124,11 @@ async def run_demo(
                 break
         for dispatcher in dispatchers:
             dispatcher.stop()
+    for index, calls in enumerate(fixed_windows(api.calls, window, OBSERVER_JITTER * window)):
+        if index >= shown:  # the last windows, still open when every task had finished
+            counts = Counter(c.priority for c in calls)
+            print(f"  window {index + 1:3d}  {_bar(counts, limit)}  "
+                  f"{sum(counts.values()):3d}/{limit}", file=out)  # fmt: skip
     return await _summary(api, producer, settings, tasks, window, out)
 
 
