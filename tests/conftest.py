@@ -10,6 +10,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis as redis_sync
 from redis.asyncio import Redis
 
 from ratedispatch.connection import connect
@@ -39,6 +40,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> redis_sync.Redis:
+    """A plain (synchronous) client of the shared real redis-server, emptied first."""
+    client = redis_sync.Redis.from_url(redis_server.url)
+    client.flushall()
+    return client
 
 
 @pytest.fixture

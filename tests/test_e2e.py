@@ -78,13 +78,6 @@ def check_limit(api: ApiServer, limit: int, window: float) -> list[int]:
     return counts
 
 
-@pytest.fixture
-def client(redis_server: RedisServer) -> redis_sync.Redis:
-    client = redis_sync.Redis.from_url(redis_server.url)
-    client.flushall()
-    return client
-
-
 def test_three_workers_hold_the_limit_honour_priority_and_call_each_task_once(
     client: redis_sync.Redis, redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -71,13 +71,6 @@ def report(api: ApiServer, client: redis_sync.Redis, tasks: dict[str, str], limi
     return result
 
 
-@pytest.fixture
-def client(redis_server: RedisServer) -> redis_sync.Redis:
-    client = redis_sync.Redis.from_url(redis_server.url)
-    client.flushall()
-    return client
-
-
 def test_kill_9_of_random_workers_repeatedly_loses_nothing(
     client: redis_sync.Redis, redis_server: RedisServer, tmp_path: Path
 ) -> None:
