@@ -74,12 +74,9 @@ async def list_dead(
         print(render_letters(letters), file=out)
 
 
-async def requeue_dead(
-    redis: Redis, settings: Settings, ids: Sequence[str], everything: bool, out: TextIO
-) -> int:
-    """Requeue the given dead letters (or all); exit code 1 if any id was unknown."""
-    if bool(ids) == everything:
-        raise ConfigError("dead requeue: give dead-letter ids, or --all (not both)")
+async def requeue_dead(redis: Redis, settings: Settings, ids: Sequence[str], out: TextIO) -> int:
+    """Requeue the given dead letters (or all, when `ids` is empty); exit code 1 if any id was
+    unknown. The CLI has already refused ids together with --all, or neither."""
     dead = DeadLetters(redis, Keys.from_settings(settings))
     targets = list(ids) or [letter.id for letter in await dead.oldest()]
     if not targets:

@@ -183,7 +183,7 @@ def _command(settings: Settings, args: argparse.Namespace) -> Callable[[Redis], 
     if args.dead_command == "requeue":
         if bool(args.ids) == args.all:
             raise ConfigError("dead requeue: give dead-letter ids, or --all (not both)")
-        return lambda redis: admin.requeue_dead(redis, settings, args.ids, args.all, out)
+        return lambda redis: admin.requeue_dead(redis, settings, args.ids, out)
     try:
         older = parse_duration(args.older_than) if args.older_than else None
     except ValueError as exc:

@@ -57,7 +57,6 @@ class Dispatcher:
         self._settings = settings
         # 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not wake blocked reads)
         self._read_block_ms = read_block_ms
-        settings.require_api()
         self.metrics = metrics or Metrics()
         self.running = False
         self.keys = Keys.from_settings(settings)
