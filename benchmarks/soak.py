@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,8 @@ from typing import cast
 
 import redis as redis_sync
 
-from ratedispatch.audit import Call, check
+from benchmarks.stack import listening, read_calls
+from ratedispatch.audit import check
 from tests.e2e_support import Workers, wait_for
 from tests.faults.proxy import Proxy
 from tests.redis_server import RedisServer, free_port
@@ -89,10 +89,10 @@ def main() -> int:
     api_port, api_log = free_port(), workdir / "api-calls.log"
     api = subprocess.Popen(
         [sys.executable, "-m", "ratedispatch.mockapi", "--host", "127.0.0.1", "--port",
-         str(api_port), "--latency", "0.005", "--log", str(api_log)],
+         str(api_port), "--latency", "0.005", "--log", str(api_log), "--quiet"],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    wait_for(lambda: _listening(api_port), 10, "the mock API")
+    wait_for(lambda: listening(api_port), 10, "the mock API")
     try:
         env["RATEDISPATCH_API_BASE_URL"] = f"http://127.0.0.1:{api_port}"
         pool = Workers(workdir, env)
@@ -165,19 +165,6 @@ def main() -> int:
     )
     print("soak: PASS" if ok else "soak: FAIL")
     return 0 if ok else 1
-
-
-def read_calls(path: Path) -> list[Call]:
-    calls = []
-    for line in path.read_text().splitlines():
-        at, task, priority, status = [*line.split(" "), "", "", "0"][:4]
-        calls.append(Call(float(at), task, priority or "normal", int(status or 0)))
-    return calls
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def finished(client: redis_sync.Redis) -> set[str]:

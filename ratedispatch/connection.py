@@ -28,6 +28,15 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def socket_timeout_for(reclaim_idle_seconds: float) -> float:
+    """How long a worker waits for one Redis reply before it takes the connection for dead.
+
+    Well under RECLAIM_IDLE_SECONDS: a worker whose connection hangs (a Redis host gone without
+    a reset) must notice, reconnect and record its outcomes before the others take its entries
+    over as abandoned; above the 1 s of a blocking read. 15 s at the default 60 s."""
+    return max(2.0, min(15.0, reclaim_idle_seconds / 4))
+
+
 def connect(url: str, *, socket_timeout: float = 15.0) -> Redis:
     """A client for `url`; retries are ours (RedisGuard), so redis-py's own are off."""
     client: Redis = Redis.from_url(

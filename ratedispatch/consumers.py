@@ -79,13 +79,21 @@ class Consumers:
         return await self._guard.run(op, "looking for abandoned tasks")
 
     async def reclaim(self, ids: Sequence[str], min_idle_ms: int) -> tuple[list[Entry], int]:
-        """Claim abandoned entries for this consumer; returns them and how many were trimmed."""
+        """Claim abandoned entries for this consumer; returns them and how many were trimmed.
+
+        Claims nothing while Redis is unreachable or came back less than `min_idle_ms` ago:
+        Redis counts idle time through its own downtime, so right after an outage every live
+        worker's in-flight entry looks abandoned. The check is made before every attempt, so an
+        outage in the middle of this very call (retried by the guard) counts too.
+        """
         if not ids:
             return [], 0
 
         async def op() -> Any:
+            if self._guard.recovered_within(min_idle_ms / 1000):
+                return [], 0
             return await self._reclaim(
-                keys=[self.keys.stream, self.keys.attempts],
+                keys=[self.keys.stream],
                 args=[self.keys.group, self.consumer, min_idle_ms, *ids],
             )
 

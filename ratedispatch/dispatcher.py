@@ -25,7 +25,7 @@ from .limiter import Limiter
 from .metrics import Metrics
 from .queue import Entry, Grant, Queue, TakeStatus
 from .settings import Settings
-from .task import parse_entry
+from .task import Task, parse_entry
 
 log = logging.getLogger("ratedispatch.worker")
 
@@ -53,7 +53,9 @@ class Dispatcher:
         rng: random.Random | None = None,
         read_block_ms: int = READ_BLOCK_MS,
         metrics: Metrics | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`transport`: the one `http` sends with, to send requests on it directly."""
         self._settings = settings
         # 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not wake blocked reads)
         self._read_block_ms = read_block_ms
@@ -87,10 +89,15 @@ class Dispatcher:
             self.guard,
             self.metrics,
             rng or random.Random(),
+            transport,
         )
         self._slots = anyio.Semaphore(settings.concurrency)
         self._intake = anyio.CancelScope()
         self._wake = anyio.Event()
+        self._freed = anyio.Event()
+        # True while the last look found nothing waiting in the index or for a backoff.
+        self._fast = True
+        self._last_admit = float("-inf")
         self._waiting = 0
         self._calls: TaskGroup | None = None
         self.in_flight = 0
@@ -150,7 +157,7 @@ class Dispatcher:
     async def _recreate_group(self) -> None:
         await self.queue.ensure_group()
 
-    # -- reading: stream -> priority index ------------------------------------------------
+    # -- reading: stream -> calls, or the priority index ----------------------------------
 
     async def _read_loop(self) -> None:
         after = "0"
@@ -159,26 +166,64 @@ class Dispatcher:
             if not entries:
                 break
             after = entries[-1].id
-            await self._shielded_ingest(entries)
+            await self._shielded_ingest(entries, reread=True)
         while True:
-            room = self._settings.max_waiting - self._waiting
-            if room <= 0:
-                # Back-pressure: the backlog stays in the stream until the index drains.
-                await anyio.sleep(IDLE_POLL_SECONDS)
+            if self._fast:
+                # Nothing waits in the index: read only what can be called now, so the entries
+                # go straight to their calls (anything read beyond would be indexed first).
+                while not self._slots.value:
+                    await self._freed.wait()
+                    self._freed = anyio.Event()
+                count = self._slots.value
+            else:
                 self._waiting = await self.queue.waiting()
-                continue
-            entries = await self.queue.read_new(min(READ_BATCH, room), self._read_block_ms)
+                room = self._settings.max_waiting - self._waiting
+                if room <= 0:
+                    # Back-pressure: the backlog stays in the stream until the index drains.
+                    await anyio.sleep(IDLE_POLL_SECONDS)
+                    continue
+                count = min(READ_BATCH, room)
+            entries = await self.queue.read_new(count, self._read_block_ms)
             if entries:
-                await self._shielded_ingest(entries)
+                with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+                    # Entries just read are pending under our name: finish with them even when
+                    # stopping.
+                    await self._admit(entries, drained=len(entries) < count)
             elif not self._read_block_ms:
                 await anyio.sleep(IDLE_POLL_SECONDS)
 
-    async def _shielded_ingest(self, entries: Sequence[Entry]) -> None:
-        # Entries just read are pending under our name: finish indexing them even when stopping.
-        with anyio.move_on_after(SHIELD_SECONDS, shield=True):
-            await self._ingest(entries)
+    async def _admit(self, entries: Sequence[Entry], *, drained: bool) -> None:
+        """Just-read entries: called at once when nothing waits or competes with them and a
+        slot is free (in one script, the fast path), else put in the priority index."""
+        fresh = await self._parse(entries)
+        if not fresh:
+            return
+        want = self._reserve(len(fresh))
+        self._last_admit = time.monotonic()
+        take = None
+        try:
+            take = await self.queue.take(want, fresh, drained=drained)
+        finally:
+            # Cut short (Redis away past the shield's deadline): the slots go back all the same.
+            self._start_calls(take.grants if take else [], want)
+        assert take is not None  # else the take raised
+        self._fast = take.fast and len(take.grants) == len(fresh)
+        if not self._fast and drained:
+            self._wake.set()  # the index holds what the stream held: the dispatch loop takes
 
-    async def _ingest(self, entries: Sequence[Entry]) -> None:
+    async def _shielded_ingest(self, entries: Sequence[Entry], *, reread: bool) -> None:
+        """Entries reclaimed or left by a previous process: into the priority index."""
+        with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+            valid = await self._parse(entries)
+            if valid:
+                self._waiting = await self.queue.defer(
+                    ((e.id, t.priority) for e, t in valid), reread=reread
+                )
+                self._fast = False
+                self._wake.set()
+
+    async def _parse(self, entries: Sequence[Entry]) -> list[tuple[Entry, Task]]:
+        """The valid entries with their task; the invalid ones are dead-lettered."""
         valid = []
         for entry in entries:
             try:
@@ -190,37 +235,38 @@ class Dispatcher:
                     entry.id, exc.reason, "invalid", last_status="invalid", attempts=0
                 )
                 continue
-            valid.append((entry.id, task.priority))
-        if valid:
-            self._waiting = await self.queue.defer(valid)
-            self._wake.set()
+            valid.append((entry, task))
+        return valid
 
     # -- dispatching: index -> calls ------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
-        assert self._calls is not None
         while True:
+            if self._fast and time.monotonic() - self._last_admit < IDLE_POLL_SECONDS:
+                # The reader is busy on the fast path, and each of its takes looks at the index
+                # and the retries too: a take here would only compete with it for slots.
+                with anyio.move_on_after(IDLE_POLL_SECONDS):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
             await self._slots.acquire()
+            want = 1 + self._reserve(self._settings.concurrency)
             take = None
             with anyio.move_on_after(SHIELD_SECONDS, shield=True):
-                take = await self.queue.take(1 + self._slots.value)
+                take = await self.queue.take(want)
             if take is None:  # stopping while Redis is away: nothing was taken that we know of
-                self._slots.release()
+                self._start_calls([], want)
                 continue
+            self._start_calls(take.grants, want)
             if take.status is TakeStatus.GRANTED:
-                self.metrics.slots_granted.inc(len(take.grants))
-                for i, grant in enumerate(take.grants):
-                    if i:
-                        self._slots.acquire_nowait()
-                    self.in_flight += 1
-                    self._calls.start_soon(self._call, grant)
                 continue
-            self._slots.release()
             if take.status is TakeStatus.FULL:
                 self.metrics.slots_refused.inc()
                 # Sleep exactly until Redis expires the window (its PTTL), not a fixed poll.
                 await anyio.sleep(max(take.wait or 0.0, 0.001))
             else:
+                if take.wait is None:
+                    self._fast = True  # nothing in the index, no backoff pending
                 timeout = IDLE_POLL_SECONDS
                 if take.wait is not None:
                     timeout = min(timeout, take.wait)
@@ -228,14 +274,41 @@ class Dispatcher:
                     await self._wake.wait()
                 self._wake = anyio.Event()
 
+    def _reserve(self, most: int) -> int:
+        """Acquire up to `most` free concurrency slots without waiting; returns how many."""
+        n = 0
+        while n < most and self._slots.value:
+            self._slots.acquire_nowait()
+            n += 1
+        return n
+
+    def _start_calls(self, grants: Sequence[Grant], reserved: int) -> None:
+        """Start a call for each grant, on the `reserved` slots; the unused ones go back."""
+        assert self._calls is not None
+        if grants:
+            self.metrics.slots_granted.inc(len(grants))
+        for grant in grants:
+            self.in_flight += 1
+            self._calls.start_soon(self._call, grant)
+        self._release(reserved - len(grants))
+
+    def _release(self, n: int) -> None:
+        for _ in range(n):
+            self._slots.release()
+        if n:
+            self._freed.set()
+
     async def _call(self, grant: Grant) -> None:
         self.metrics.in_flight.inc()
         try:
             await self._caller.call(grant)
         finally:
+            # The slot is held until the outcome is recorded, not only while the API answers:
+            # so a worker never holds more than CONCURRENCY entries it has called and not yet
+            # recorded, which bounds the calls repeated if it dies or its Redis connection hangs.
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            self._slots.release()
+            self._release(1)
 
     # -- reclaiming: a dead worker's entries -> priority index ----------------------------
 
@@ -244,9 +317,9 @@ class Dispatcher:
         interval = min(max(self._settings.reclaim_idle_seconds / 4, 0.1), 15.0)
         while True:
             if self.guard.recovered_within(self._settings.reclaim_idle_seconds):
-                # Redis counts idle time through its own downtime: right after an outage every
-                # live worker's in-flight entry looks abandoned. Give them RECLAIM_IDLE_SECONDS
-                # of Redis being back to record their outcomes before taking anything over.
+                # Right after an outage every live worker's in-flight entry looks abandoned:
+                # give them RECLAIM_IDLE_SECONDS of Redis being back to record their outcomes
+                # (`reclaim` checks again, for an outage that starts during this pass).
                 await anyio.sleep(interval)
                 continue
             await self.consumers.retire(await self.consumers.idle(CONSUMER_PRUNE_MS))
@@ -260,7 +333,7 @@ class Dispatcher:
                         len(entries),
                         self._settings.reclaim_idle_seconds,
                     )
-                    await self._shielded_ingest(entries)
+                    await self._shielded_ingest(entries, reread=False)
                 if dropped:
                     log.warning(
                         "%d pending tasks no longer exist in the stream (trimmed or deleted); "

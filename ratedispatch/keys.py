@@ -21,7 +21,6 @@ class Keys:
     results: str | None  # None: results are disabled
     deferred: str  # sorted set: tasks waiting for a slot, by priority then id
     retry: str  # sorted set: tasks waiting for their backoff, by due time (Redis ms)
-    attempts: str  # hash: entry id -> calls made
     waiting_consumer: str  # the group consumer that holds every indexed entry
 
     @classmethod
@@ -35,6 +34,5 @@ class Keys:
             results=settings.results_stream or None,
             deferred=f"{prefix}deferred",
             retry=f"{prefix}retry",
-            attempts=f"{prefix}attempts",
             waiting_consumer="ratedispatch:waiting",
         )

@@ -1,91 +1,147 @@
-"""A stand-in for the external API, for trying ratedispatch locally (`config/compose.yaml`).
+"""A stand-in for the external API, for trying ratedispatch locally (`config/compose.yaml`) and the
+independent observer of every call in the soak run and the benchmarks.
 
     python -m ratedispatch.mockapi --port 8080 [--latency 0.02] [--fail-rate 0.05] [--log FILE]
 
 Answers every request with 200 and a small JSON body (or 503 at `--fail-rate`), and prints the
 calls it received in each second, so the limit can be seen holding from the API's side.
-`--log` appends one line per call: its arrival time (CLOCK_MONOTONIC seconds, comparable across
-the processes of one machine), the Idempotency-Key, the `prio` query parameter and the status
-answered. SIGUSR1 starts a 3-second storm of 503s.
+`--log` writes one line per call when the server stops (SIGTERM or SIGINT): its arrival time
+(CLOCK_MONOTONIC seconds, comparable across the processes of one machine), the Idempotency-Key,
+the `prio` query parameter and the status answered. SIGUSR1 starts a 3-second storm of 503s.
+
+One asyncio loop, HTTP/1.1 with keep-alive, and calls recorded in memory: an observer that
+writes to disk per call, or has a thread per connection, stalls under load and records calls
+late, which moves them into the wrong window.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import asyncio
 import json
 import random
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TextIO
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+# A request head larger than this is refused: the mock has no reason to buffer more.
+MAX_HEAD_BYTES = 65_536
+STORM_SECONDS = 3.0
 
-class MockApi(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256  # the default 5 drops SYNs when many workers connect at once
 
-    def __init__(
-        self,
-        port: int,
-        latency: float,
-        fail_rate: float,
-        host: str = "0.0.0.0",
-        log: TextIO | None = None,
-    ) -> None:
-        super().__init__((host, port), _Handler)
+class Recorder:
+    """The calls seen: (arrival, idempotency key, prio, status), kept in memory."""
+
+    def __init__(self, latency: float, fail_rate: float, seed: int | None = None) -> None:
         self.latency = latency
         self.fail_rate = fail_rate
-        self.lock = threading.Lock()
-        self.calls_this_second = 0
-        self.total = 0
-        self.log = log
         self.storm_until = 0.0
+        self.calls: list[tuple[float, str, str, int]] = []
+        self._rng = random.Random(seed)
 
-    def report_every_second(self) -> None:
+    def answer(self, at: float, key: str, prio: str) -> int:
+        failed = at < self.storm_until or (
+            self.fail_rate > 0 and self._rng.random() < self.fail_rate
+        )
+        status = 503 if failed else 200
+        self.calls.append((at, key, prio, status))
+        return status
+
+    def storm(self) -> None:
+        self.storm_until = time.monotonic() + STORM_SECONDS
+
+    def write(self, path: Path) -> None:
+        lines = [f"{at:.6f} {key} {prio} {status}\n" for at, key, prio, status in self.calls]
+        path.write_text("".join(lines))
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        at = time.monotonic()
+        self._buffer += data
         while True:
-            time.sleep(1.0)
-            with self.lock:
-                calls, self.calls_this_second = self.calls_this_second, 0
-                total = self.total
-            print(f"mockapi: {calls} calls in the last second, {total} in all", flush=True)
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD_BYTES:
+                    self._close()
+                return
+            head = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
+            headers = {}
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            try:
+                length = int(headers.get("content-length") or 0)
+            except ValueError:
+                self._close()
+                return
+            if len(self._buffer) < end + 4 + length:
+                return  # the body is still on its way
+            del self._buffer[: end + 4 + length]
+            parts = head[0].split(" ")
+            target = parts[1] if len(parts) > 1 else "/"
+            prio = parse_qs(urlsplit(target).query).get("prio", [""])[0]
+            status = self._recorder.answer(at, headers.get("idempotency-key", ""), prio)
+            body = json.dumps({"ok": status == 200, "path": target}).encode()
+            response = (
+                f"HTTP/1.1 {status} {'OK' if status == 200 else 'Service Unavailable'}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            if self._recorder.latency:
+                self._loop.call_later(self._recorder.latency, self._send, response)
+            else:
+                self._send(response)
+
+    def _send(self, response: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(response)
+
+    def _close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: MockApi
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        now = time.monotonic()
-        with self.server.lock:
-            self.server.calls_this_second += 1
-            self.server.total += 1
-        if self.server.latency:
-            time.sleep(self.server.latency)
-        failed = now < self.server.storm_until or random.random() < self.server.fail_rate
-        if self.server.log is not None:
-            key = self.headers.get("Idempotency-Key", "")
-            prio = parse_qs(urlsplit(self.path).query).get("prio", [""])[0]
-            with self.server.lock:
-                self.server.log.write(f"{now:.6f} {key} {prio} {503 if failed else 200}\n")
-        body = json.dumps({"ok": not failed, "path": self.path}).encode()
-        self.send_response(503 if failed else 200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+async def serve(
+    host: str,
+    port: int,
+    recorder: Recorder,
+    *,
+    stop: asyncio.Event,
+    report: bool = True,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Serve until `stop` is set; with `report`, print the calls received in each second."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: _Connection(recorder), host, port, backlog=1024, reuse_address=True
+    )
+    print(f"mockapi: listening on {host}:{server.sockets[0].getsockname()[1]}", flush=True)
+    if ready is not None:
+        ready.set()
+    seen = 0
+    async with server:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                if report:
+                    total = len(recorder.calls)
+                    print(f"mockapi: {total - seen} calls in the last second, {total} in all",
+                          flush=True)  # fmt: skip
+                    seen = total
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,25 +150,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--latency", type=float, default=0.02, help="seconds per answer")
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of 503 answers")
-    parser.add_argument("--log", help="append one line per call to this file")
+    parser.add_argument("--log", help="write one line per call to this file when stopped")
+    parser.add_argument("--quiet", action="store_true", help="no per-second report")
     args = parser.parse_args(argv)
-    log = open(args.log, "a", buffering=1) if args.log else None  # noqa: SIM115
-    server = MockApi(args.port, args.latency, args.fail_rate, args.host, log)
+    if args.latency < 0 or not 0 <= args.fail_rate <= 1:
+        parser.error("--latency must be >= 0 and --fail-rate between 0 and 1")
+    recorder = Recorder(args.latency, args.fail_rate)
 
-    def storm(signum: int, frame: object) -> None:
-        server.storm_until = time.monotonic() + 3.0
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, recorder.storm)
+        await serve(args.host, args.port, recorder, stop=stop, report=not args.quiet)
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGUSR1, storm)
-    signal.signal(signal.SIGTERM, stop)
-    threading.Thread(target=server.report_every_second, daemon=True).start()
-    print(f"mockapi: listening on {args.host}:{server.server_address[1]}", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.serve_forever()
-    if log is not None:
-        log.close()
+    asyncio.run(run())
+    if args.log:
+        recorder.write(Path(args.log))
     return 0
 
 

@@ -22,12 +22,17 @@ from .connection import RedisGuard
 from .errors import ConfigError
 from .keys import Keys
 from .limiter import Limiter
-from .task import Priority
+from .task import Priority, Task
 
 log = logging.getLogger("ratedispatch.worker")
 
 # Retries moved back into the priority index by one take, at most: bounds the script's work.
 PROMOTE_PER_TAKE = 1000
+# The most pending entries of one consumer a script lists to check what it holds. The reply is
+# what the consumer really holds in an id range (calls in flight, a read batch), far below this.
+PENDING_BOUND = 100_000
+# Entries acknowledged by one script call, at most (Lua's unpack stops near 8000 values).
+ACK_BATCH = 500
 
 
 def as_text(value: bytes | str) -> str:
@@ -36,8 +41,14 @@ def as_text(value: bytes | str) -> str:
 
 def index_member(entry_id: str, priority: Priority) -> str:
     """The index member for an entry: sorts by priority rank, then exactly by entry id."""
+    ms, seq = id_key(entry_id)
+    return f"{int(priority)}{ms:020d}-{seq:020d}"
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """An entry id as (ms, seq), which sorts as Redis orders ids."""
     ms, _, seq = entry_id.partition("-")
-    return f"{int(priority)}{int(ms):020d}-{int(seq or 0):020d}"
+    return int(ms), int(seq or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +62,9 @@ class Grant:
     """A slot taken and an entry claimed for this worker's call."""
 
     entry: Entry
-    attempt: int  # this call's number, counted in Redis before the call
+    attempt: int  # this call's number: the entry's delivery count, counted before the call
     member: str  # the entry's index member, to put it back for a retry
+    task: Task | None = None  # parsed already (entries this worker just read)
 
 
 class TakeStatus(enum.Enum):
@@ -67,6 +79,18 @@ class Take:
     grants: list[Grant] = field(default_factory=list)
     # FULL: seconds until the window reopens. EMPTY: until the next retry is due (None: none).
     wait: float | None = None
+    # GRANTED to fresh entries directly: nothing waited in the index or for a backoff.
+    fast: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """A call that succeeded, to be acknowledged (in a batch) with its result."""
+
+    entry_id: str
+    http_status: int
+    duration_ms: int
+    attempts: int
 
 
 def field_map(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -109,7 +133,8 @@ class Queue:
         self._delete_acked = delete_acked
         self._take = redis.register_script(_lua.source("take", "common", "window"))
         self._ingest = redis.register_script(_lua.source("ingest", "common"))
-        self._settle = redis.register_script(_lua.source("settle", "common"))
+        self._settle = redis.register_script(_lua.source("settle", "common", "window"))
+        self._acks = redis.register_script(_lua.source("acks", "common", "window"))
 
     async def ensure_group(self) -> None:
         """Create the group at id 0 (so earlier entries are not skipped); BUSYGROUP is fine."""
@@ -153,16 +178,25 @@ class Queue:
                 entries.append(Entry(as_text(entry_id), dict(fields or {})))
         return entries
 
-    async def defer(self, items: Iterable[tuple[str, Priority]]) -> int:
-        """Put entries this consumer holds into the priority index; returns the index size."""
-        args: list[str] = [self.keys.group, self.consumer, self.keys.waiting_consumer]
-        for entry_id, priority in items:
-            args += [entry_id, index_member(entry_id, priority)]
-        if len(args) == 3:
+    async def defer(self, items: Iterable[tuple[str, Priority]], *, reread: bool) -> int:
+        """Put entries this consumer holds, and did not just read, into the priority index:
+        reclaimed, or left by a previous process of the same name and read again (`reread`).
+        Returns the index size."""
+        members = [index_member(entry_id, priority) for entry_id, priority in items]
+        if not members:
             return await self.waiting()
+        args: list[str | int] = [
+            self.keys.group,
+            self.consumer,
+            self.keys.waiting_consumer,
+            PENDING_BOUND,
+            "reread" if reread else "kept",
+        ]
 
         async def op() -> Any:
-            return await self._ingest(keys=[self.keys.stream, self.keys.deferred], args=args)
+            return await self._ingest(
+                keys=[self.keys.stream, self.keys.deferred], args=[*args, *members]
+            )
 
         _moved, size = await self._guard.run(op, "deferring tasks")
         return int(size)
@@ -173,15 +207,14 @@ class Queue:
 
         return int(await self._guard.run(op, "counting waiting tasks"))
 
-    async def take(self, want: int) -> Take:
-        """Take up to `want` slots, each with the best waiting task (see lua/take.lua)."""
-        keys = [
-            self.keys.rate,
-            self.keys.deferred,
-            self.keys.retry,
-            self.keys.stream,
-            self.keys.attempts,
-        ]
+    async def take(
+        self, want: int, fresh: Sequence[tuple[Entry, Task]] = (), *, drained: bool = False
+    ) -> Take:
+        """Take up to `want` slots for the best tasks (see lua/take.lua). `fresh` are entries
+        this consumer just read (`drained`: that read emptied the stream): called at once when
+        nothing waits or competes with them, else put in the index."""
+        keys = [self.keys.rate, self.keys.deferred, self.keys.retry, self.keys.stream]
+        by_member = {index_member(entry.id, task.priority): (entry, task) for entry, task in fresh}
         args: list[str | int] = [
             self._limiter.limit,
             self._limiter.window_ms,
@@ -190,30 +223,64 @@ class Queue:
             self.consumer,
             self.keys.waiting_consumer,
             PROMOTE_PER_TAKE,
+            PENDING_BOUND,
+            1 if drained else 0,
+            *sorted(by_member),  # best first: rank, then entry id
         ]
 
         async def op() -> Any:
             return await self._take(keys=keys, args=args)
 
-        status, payload = await self._guard.run(op, "taking a slot")
+        reply = await self._guard.run(op, "taking a slot")
+        status = reply[0]
+        if status == 3:
+            fresh_by_id = {entry.id: (entry, task, m) for m, (entry, task) in by_member.items()}
+            grants = []
+            for raw_id in reply[1]:
+                entry, task, member = fresh_by_id[as_text(raw_id)]
+                grants.append(Grant(entry, 1, member, task))  # read by XREADGROUP: 1st call
+            return Take(TakeStatus.GRANTED, grants, fast=True)
         if status == 1:
             grants = [
                 Grant(Entry(as_text(i), field_map(flat)), int(attempt), as_text(member))
-                for i, flat, attempt, member in payload
+                for i, flat, attempt, member in reply[1]
             ]
             return Take(TakeStatus.GRANTED, grants)
-        wait = int(payload)
+        wait = int(reply[1])
         if status == 0:
             return Take(TakeStatus.FULL, wait=max(wait, 0) / 1000)
         return Take(TakeStatus.EMPTY, wait=None if wait < 0 else wait / 1000)
 
-    async def ack(self, entry_id: str, *, http_status: int, duration_ms: int) -> bool:
-        """Done: acknowledge (and delete), with a result. False if the entry was not ours."""
-        return await self._settle_op(entry_id, "ok", http_status=http_status, duration=duration_ms)
+    async def ack_many(self, successes: Sequence[Success]) -> list[bool]:
+        """Acknowledge (and delete) entries whose calls succeeded, each with a result; False
+        for an entry that was no longer ours. At most ACK_BATCH at once."""
+        ids = sorted((s.entry_id for s in successes), key=id_key)
+        args: list[str | int] = [
+            self.keys.group,
+            self.consumer,
+            self._results_maxlen,
+            1 if self._delete_acked else 0,
+            ids[0],
+            ids[-1],
+            PENDING_BOUND,
+            self._limiter.limit,
+            self._limiter.window_ms,
+        ]
+        for s in successes:
+            args += [s.entry_id, s.http_status, s.duration_ms, s.attempts]
+        keys = [self.keys.stream, self.keys.results or self.keys.stream, self.keys.rate]
+
+        async def op() -> Any:
+            return await self._acks(keys=keys, args=args)
+
+        recorded = await self._guard.run(op, "recording tasks as done")
+        return [bool(r) for r in recorded]
 
     async def retry_later(self, entry_id: str, member: str, delay: float) -> bool:
         """Back to waiting until `delay` seconds (Redis time) have passed."""
-        return await self._settle_op(entry_id, "retry", delay_ms=round(delay * 1000), member=member)
+        return await self._settle_op(
+            entry_id, "retry", delay_ms=round(delay * 1000), member=member, called=True
+        )
 
     async def bury(
         self,
@@ -223,9 +290,11 @@ class Queue:
         last_status: str,
         http_status: int | None = None,
         duration_ms: int = 0,
-        attempts: int | None = None,
+        attempts: int,
+        called: bool = False,
     ) -> bool:
-        """Dead-letter with the reason (keeping every original field), and record a result."""
+        """Dead-letter with the reason (keeping every original field), and record a result.
+        `called`: the API was called for it just now."""
         recorded = await self._settle_op(
             entry_id,
             "dead",
@@ -234,6 +303,7 @@ class Queue:
             reason=reason,
             last_status=last_status,
             attempts=attempts,
+            called=called,
         )
         if recorded:
             log.warning("task %s dead-lettered: %s", entry_id, reason)
@@ -250,14 +320,15 @@ class Queue:
         member: str = "",
         reason: str = "",
         last_status: str = "",
-        attempts: int | None = None,
+        attempts: int = 0,
+        called: bool = False,
     ) -> bool:
         keys = [
             self.keys.stream,
-            self.keys.attempts,
             self.keys.retry,
             self.keys.results or self.keys.stream,
             self.keys.dead,
+            self.keys.rate,
         ]
         args = [
             self.keys.group,
@@ -273,7 +344,9 @@ class Queue:
             member,
             reason,
             last_status,
-            "" if attempts is None else attempts,
+            attempts,
+            self._limiter.limit if called else 0,
+            self._limiter.window_ms,
         ]
 
         async def op() -> Any:

@@ -6,13 +6,13 @@ import logging
 import signal
 
 import anyio
-import httpx
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from . import status
-from .connection import connect
+from .connection import connect, socket_timeout_for
 from .dispatcher import Dispatcher
+from .httpclient import make_http_client, make_transport
 from .metrics import Metrics, MetricsServer
 from .settings import Settings
 
@@ -22,13 +22,14 @@ GAUGE_REFRESH_SECONDS = 5.0
 
 async def run_worker(settings: Settings) -> None:
     log.info("effective settings: %s", settings.described())
-    redis = connect(settings.redis_url)
-    limits = httpx.Limits(
-        max_connections=settings.concurrency, max_keepalive_connections=settings.concurrency
+    redis = connect(
+        settings.redis_url,
+        socket_timeout=socket_timeout_for(settings.reclaim_idle_seconds),
     )
     metrics = Metrics()
-    async with httpx.AsyncClient(timeout=settings.http_timeout_seconds, limits=limits) as http:
-        dispatcher = Dispatcher(settings, redis, http, metrics=metrics)
+    transport = make_transport(settings)
+    async with make_http_client(settings, transport) as http:
+        dispatcher = Dispatcher(settings, redis, http, metrics=metrics, transport=transport)
         server = None
         if settings.metrics_port:
             server = MetricsServer(metrics, dispatcher.health, settings.metrics_port)

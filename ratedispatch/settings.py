@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = None
     concurrency: int = Field(16, ge=1, le=10_000)
     http_timeout_seconds: float = Field(10.0, gt=0)
+    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
     max_attempts: int = Field(5, ge=1)
     reclaim_idle_seconds: float = Field(60.0, gt=0)
     dead_letter_stream: str = Field("external:api:tasks:dead:stream", min_length=1)
@@ -70,7 +71,7 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
     max_waiting: int = Field(100_000, ge=1)
 
-    @field_validator("log_level", "log_format", mode="before")
+    @field_validator("log_level", "log_format", "http_transport", mode="before")
     @classmethod
     def _case_insensitive(cls, value: Any, info: Any) -> Any:
         if isinstance(value, str):

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from importlib.metadata import version
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import httpx
 
 from .errors import InvalidTask
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+USER_AGENT = ("User-Agent", f"ratedispatch/{version('ratedispatch')}")
 # Fields the dispatcher interprets; every other field is a query parameter.
 RESERVED = frozenset({"endpoint", "method", "priority", "body", "headers", "idempotency_key"})
 # Headers a producer may not set: they would let an entry re-target or re-frame the request,
@@ -194,15 +197,24 @@ def parse_entry(
     )
 
 
-def build_request(
-    task: Task, base_url: str, *, token: str | None = None, client: httpx.AsyncClient | None = None
-) -> httpx.Request:
-    """The HTTP request for a task; refuses (InvalidTask) any URL outside the base URL."""
-    url = httpx.URL(base_url.rstrip("/") + task.endpoint)
-    if task.query:
-        url = url.copy_merge_params(list(task.query))
+@functools.lru_cache(maxsize=16)
+def _base(base_url: str) -> tuple[SplitResult, str]:
     base = urlsplit(base_url)
-    base_path = base.path.rstrip("/") + "/"
+    return base, base.path.rstrip("/") + "/"
+
+
+def build_request(
+    task: Task, base_url: str, *, token: str | None = None, timeout: float | None = None
+) -> httpx.Request:
+    """The HTTP request for a task; refuses (InvalidTask) any URL outside the base URL.
+    `timeout`: httpx's per-operation timeouts, for the request's transport."""
+    target = base_url.rstrip("/") + task.endpoint
+    if task.query:
+        # Merged with a query the endpoint has, as httpx encodes query parameters.
+        separator = "" if target.endswith(("?", "&")) else "&" if "?" in target else "?"
+        target += separator + str(httpx.QueryParams(list(task.query)))
+    url = httpx.URL(target)
+    base, base_path = _base(base_url)
     if (
         url.scheme != base.scheme
         or url.host != (base.hostname or "")
@@ -213,11 +225,14 @@ def build_request(
     if len(str(url)) > MAX_URL_LENGTH:
         raise InvalidTask(f"the request URL would be over {MAX_URL_LENGTH} characters")
     headers: list[tuple[str, str]] = list(task.headers)
+    if not any(n.lower() == "user-agent" for n, _ in headers):
+        headers.insert(0, USER_AGENT)
     headers.append(("Idempotency-Key", task.idempotency_key))
     if task.body is not None and not any(n.lower() == "content-type" for n, _ in headers):
         headers.append(("Content-Type", "application/json"))
     if token:
         headers.append(("Authorization", f"Bearer {token}"))
-    if client is not None:
-        return client.build_request(task.method, url, headers=headers, content=task.body)
-    return httpx.Request(task.method, url, headers=headers, content=task.body)
+    extensions = {} if timeout is None else {"timeout": httpx.Timeout(timeout).as_dict()}
+    return httpx.Request(
+        task.method, url, headers=headers, content=task.body, extensions=extensions
+    )

@@ -45,8 +45,9 @@ async def index_all(queue: Queue) -> int:
     entries = await queue.read_new(1000, 0)
     from ratedispatch.task import parse_entry
 
-    items = [(e.id, parse_entry(e.id, e.fields).priority) for e in entries]
-    return await queue.defer(items) if items else 0
+    items = [(e, parse_entry(e.id, e.fields)) for e in entries]
+    await queue.take(0, items)  # no slot wanted: every entry goes into the index
+    return await queue.waiting()
 
 
 __all__ = ["Priority", "add_tasks", "dispatcher_for", "eventually", "index_all"]

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -159,21 +162,39 @@ def test_compose_brings_up_redis_with_aof_two_workers_and_the_mock_api() -> None
     assert str(settings.metrics_port) in worker["expose"]
 
 
-def test_the_mock_api_answers_and_counts(tmp_path: Path) -> None:
+def test_the_mock_api_answers_counts_storms_and_logs_every_call_at_exit(tmp_path: Path) -> None:
     from .redis_server import free_port
 
-    port = free_port()
+    port, log = free_port(), tmp_path / "calls.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "ratedispatch.mockapi", "--port", str(port), "--host", "127.0.0.1",
-         "--latency", "0"],
+         "--latency", "0", "--log", str(log)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         assert process.stdout is not None
         assert "listening" in process.stdout.readline()
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/profile?x=1", timeout=5).read()
-        assert json.loads(body) == {"ok": True, "path": "/profile?x=1"}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/profile?prio=high", headers={"Idempotency-Key": "1-0"}
+        )
+        body = urllib.request.urlopen(request, timeout=5).read()
+        assert json.loads(body) == {"ok": True, "path": "/profile?prio=high"}
         assert "1 calls in the last second" in process.stdout.readline()
+        process.send_signal(signal.SIGUSR1)
+        # The signal reaches the server's loop asynchronously: ask until the storm shows.
+        posted = urllib.request.Request(f"http://127.0.0.1:{port}/p", data=b"x" * 5000)
+        statuses = []
+        deadline = time.monotonic() + 5
+        while 503 not in statuses and time.monotonic() < deadline:
+            try:
+                statuses.append(urllib.request.urlopen(posted, timeout=5).status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+        assert statuses[-1] == 503
     finally:
         process.terminate()
-        process.wait(5)
+        assert process.wait(5) == 0
+    lines = [line.split(" ") for line in log.read_text().splitlines()]
+    assert len(lines) == 1 + len(statuses)
+    assert lines[0][1:] == ["1-0", "high", "200"] and lines[-1][1:] == ["", "", "503"]
+    assert 0 < float(lines[0][0]) <= float(lines[-1][0]) <= time.monotonic()

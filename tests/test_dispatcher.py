@@ -191,7 +191,7 @@ async def test_a_full_window_leaves_entries_pending_until_it_reopens(redis: Redi
     assert [len(w) for w in windows] == [3, 3, 3, 1]
 
 
-async def test_graceful_stop_finishes_calls_in_flight_and_leaves_the_rest_pending(
+async def test_graceful_stop_finishes_calls_in_flight_and_leaves_the_rest_for_others(
     redis: Redis,
 ) -> None:
     settings = make_settings(concurrency=2, rate_limit=100, shutdown_grace_seconds=5)
@@ -220,8 +220,13 @@ async def test_graceful_stop_finishes_calls_in_flight_and_leaves_the_rest_pendin
                 release.set()
     assert started == 2
     assert await redis.xlen(settings.results_stream) == 2
-    assert (await redis.xpending(settings.stream, settings.group))["pending"] == 4
+    # The other four stay for the next worker: in the stream, and none held by the one stopped
+    # (undelivered, or indexed under the waiting consumer), so nothing waits to be reclaimed.
     assert await redis.xlen(settings.stream) == 4
+    held = await redis.xpending_range(
+        settings.stream, settings.group, "-", "+", 10, consumername=settings.consumer
+    )
+    assert held == []
 
 
 async def test_stop_cancels_calls_that_outlive_the_grace_and_leaves_them_pending(
@@ -305,8 +310,14 @@ async def test_an_entry_with_thousands_of_fields_is_dead_lettered_without_crashi
 async def test_attempts_are_counted_in_redis_and_survive_a_restart(redis: Redis) -> None:
     settings = make_settings(max_attempts=3)
     [entry_id] = await add_tasks(redis, settings, "normal")
-    # Two attempts were made by workers that are gone; the count lives in Redis.
-    await redis.hset("external:api:tasks:attempts", entry_id, 2)
+    # Two attempts were made by a previous process with this consumer name, which died in its
+    # second call: the count lives in Redis, as the entry's delivery count.
+    await redis.xgroup_create(settings.stream, settings.group, "0")
+    await redis.xreadgroup(settings.group, settings.consumer, {settings.stream: ">"})
+    await redis.xclaim(
+        settings.stream, settings.group, settings.consumer, 0, [entry_id], retrycount=2,
+        justid=True,
+    )  # fmt: skip
     with respx.mock(base_url=API) as api:
         route = api.route().respond(503)
         async with running(settings, redis):
@@ -314,7 +325,7 @@ async def test_attempts_are_counted_in_redis_and_survive_a_restart(redis: Redis)
     assert route.call_count == 1
     [letter] = await fields_of(redis, settings.dead_letter_stream)
     assert letter["attempts"] == "3" and "gave up after 3 attempts" in letter["reason"]
-    assert not await redis.hexists("external:api:tasks:attempts", entry_id)
+    assert (await redis.xpending(settings.stream, settings.group))["pending"] == 0
 
 
 async def test_results_are_capped_approximately(redis: Redis) -> None:

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from ratedispatch import Dispatcher
 from ratedispatch.connection import connect
-from ratedispatch.queue import TakeStatus
+from ratedispatch.queue import Success, TakeStatus
 
 from .conftest import API, make_settings
 from .helpers import add_tasks, dispatcher_for, eventually, index_all
@@ -133,3 +133,35 @@ async def test_a_refused_worker_sleeps_until_the_window_reopens_instead_of_polli
     assert calls[1] - calls[0] >= 0.9 and calls[2] - calls[1] >= 0.9
     # About one take per window plus a few reads and settles: not a take every few ms.
     assert scripts < 20, f"{scripts} scripts in two windows"
+
+
+async def test_a_full_window_lasts_a_window_after_its_filling_slot_and_its_answered_calls(
+    redis: Redis,
+) -> None:
+    settings = make_settings(rate_limit=2, rate_window_seconds=5)
+    queue = dispatcher_for(settings, redis).queue
+    await add_tasks(redis, settings, *["normal"] * 3)
+    await index_all(queue)
+    [first] = (await queue.take(1)).grants
+    await redis.pexpire(settings.rate_key, 3000)  # as if two seconds had passed since it opened
+    [second] = (await queue.take(1)).grants  # fills the window: it ends 5 s from now
+    assert 4000 < await redis.pttl(settings.rate_key) <= 5000
+    await redis.pexpire(settings.rate_key, 1000)
+    # An answered call of the full window holds it open a window's length from its answer.
+    assert await queue.ack_many([Success(first.entry.id, 200, 5, 1)]) == [True]
+    assert 4000 < await redis.pttl(settings.rate_key) <= 5000
+    await redis.pexpire(settings.rate_key, 1000)
+    assert await queue.retry_later(second.entry.id, second.member, 0)
+    assert 4000 < await redis.pttl(settings.rate_key) <= 5000
+
+
+async def test_a_window_with_room_ends_a_window_after_its_first_slot(redis: Redis) -> None:
+    settings = make_settings(rate_limit=3, rate_window_seconds=5)
+    queue = dispatcher_for(settings, redis).queue
+    await add_tasks(redis, settings, *["normal"] * 2)
+    await index_all(queue)
+    [first] = (await queue.take(1)).grants
+    await redis.pexpire(settings.rate_key, 3000)
+    [_second] = (await queue.take(1)).grants
+    assert await queue.ack_many([Success(first.entry.id, 200, 5, 1)]) == [True]
+    assert 2000 < await redis.pttl(settings.rate_key) <= 3000  # not full: nothing held

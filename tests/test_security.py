@@ -36,8 +36,8 @@ TOKEN = "api-token-91c2"
 ACL_RULES = (
     "on", f">{PASSWORD}", "resetkeys", "~external:api:*", "~rate:external:api", "resetchannels",
     "-@all", "+@stream", "+zadd", "+zrem", "+zcard", "+zlexcount", "+zpopmin", "+zrange",
-    "+zrangebyscore", "+hincrby", "+hget", "+hdel", "+get", "+set", "+incrby", "+pexpire",
-    "+pttl", "+del", "+time", "+ping", "+multi", "+exec", "+evalsha", "+script|load",
+    "+zrangebyscore", "+exists", "+get", "+set", "+incrby", "+decrby", "+pexpire", "+pttl",
+    "+del", "+time", "+ping", "+multi", "+exec", "+evalsha", "+script|load",
 )  # fmt: skip
 
 

@@ -59,6 +59,7 @@ def test_environment_then_dotenv_then_flags(
         ("REDIS_URL", "http://x", "RATEDISPATCH_REDIS_URL='http://x' is invalid: expected a redis"),
         ("API_BASE_URL", "ftp://x", "RATEDISPATCH_API_BASE_URL='ftp://x' is invalid"),
         ("DELETE_ACKED", "maybe", "RATEDISPATCH_DELETE_ACKED='maybe' is invalid"),
+        ("HTTP_TRANSPORT", "curl", "RATEDISPATCH_HTTP_TRANSPORT='curl' is invalid"),
         ("LOG_FORMAT", "xml", "RATEDISPATCH_LOG_FORMAT='xml' is invalid"),
         ("RECLAIM_IDLE_SECONDS", "5", "RATEDISPATCH_RECLAIM_IDLE_SECONDS=5 must exceed"),
         ("RATE_LIMT", "5", "RATEDISPATCH_RATE_LIMT is not a ratedispatch setting"),
@@ -112,3 +113,10 @@ def test_the_reserved_consumer_name_is_refused(
     monkeypatch.setenv("RATEDISPATCH_API_BASE_URL", "http://api.test")
     assert main(["worker", "--consumer", "ratedispatch:waiting"]) == 2
     assert "RATEDISPATCH_CONSUMER='ratedispatch:waiting' is invalid" in capsys.readouterr().err
+
+
+def test_a_hung_redis_connection_is_given_up_well_before_entries_are_reclaimed() -> None:
+    from ratedispatch.connection import socket_timeout_for
+
+    # a quarter of RECLAIM_IDLE_SECONDS, at least the 1 s of a blocking read and then some
+    assert [socket_timeout_for(s) for s in (5, 20, 60, 600)] == [2.0, 5.0, 15.0, 15.0]

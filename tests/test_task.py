@@ -107,3 +107,13 @@ def test_request_never_leaves_the_base_url() -> None:
     for endpoint in ("/@evil.example", "/x?next=http://evil.example", "/%2F%2Fevil.example"):
         url = request_for({"endpoint": endpoint}, base="http://api.test:8080/v2")
         assert url.startswith("http://api.test:8080/v2/")
+
+
+def test_a_query_in_the_endpoint_is_merged_and_the_user_agent_names_ratedispatch() -> None:
+    task = parse_entry("1-1", {"endpoint": "/a?x=1", "y": "two words"})
+    request = build_request(task, BASE, timeout=3)
+    assert str(request.url) == "https://api.example.com/a?x=1&y=two+words"
+    assert request.headers["User-Agent"].startswith("ratedispatch/")
+    assert request.extensions["timeout"]["read"] == 3
+    own = parse_entry("1-2", {"endpoint": "/a", "headers": json.dumps({"User-Agent": "mine/1"})})
+    assert build_request(own, BASE).headers.get_list("User-Agent") == ["mine/1"]

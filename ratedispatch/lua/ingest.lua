@@ -1,21 +1,13 @@
--- Move entries this consumer has read (or reclaimed) into the priority index: their pending
--- entry passes to the `waiting` consumer, which no reclaimer ever takes from, and their member
--- joins the index.  Both happen together or not at all.
+-- Move entries this consumer holds but did not just read (`kept`: taken over from a dead worker;
+-- `reread`: left by a previous process of the same name) into the priority index.  Their
+-- delivery count, the attempts already made, is kept (see defer in common.lua).
 --
 -- KEYS: stream, deferred
--- ARGV: group, me, waiting consumer, then id, member pairs
+-- ARGV: group, me, waiting consumer, pending bound, mode, members...
 -- Returns {moved, size of the index}
 local stream, deferred = KEYS[1], KEYS[2]
-local group, me, waiting = ARGV[1], ARGV[2], ARGV[3]
-local moved = 0
-for i = 4, #ARGV, 2 do
-  local id, member = ARGV[i], ARGV[i + 1]
-  if owned_by(stream, group, id, me) then
-    local claimed = redis.call('XCLAIM', stream, group, waiting, 0, id, 'JUSTID')
-    if #claimed > 0 then
-      redis.call('ZADD', deferred, 0, member)
-      moved = moved + 1
-    end
-  end
-end
+local group, me, waiting, most, mode = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local members = {}
+for i = 6, #ARGV do members[#members + 1] = ARGV[i] end
+local moved = defer(stream, deferred, group, me, waiting, members, mode, most)
 return {moved, redis.call('ZCARD', deferred)}

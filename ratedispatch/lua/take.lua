@@ -1,55 +1,123 @@
--- Take up to `want` slots for the best waiting tasks and claim those tasks for this consumer,
--- atomically: the ZPOPMIN is the exclusive claim, so no two workers get the same entry, and a
--- slot is counted only for an entry that could really be claimed.
+-- Take up to `want` slots for the best tasks and hand those tasks to this consumer, atomically.
 --
--- KEYS: rate, deferred (priority index), retry (due-time index), stream, attempts
--- ARGV: limit, window_ms, want, group, me, waiting consumer, max retries to promote
--- Returns {1, {{id, fields, attempt, member}, ...}}  granted
---         {0, pttl_ms}                               window full; it reopens in pttl_ms
---         {2, wait_ms}                               nothing waiting; next retry due in wait_ms (-1: none)
-local rate, deferred, retry, stream, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- `fresh` are index members of entries this consumer just read from the stream (best first).
+-- When nothing waits anywhere (no index, no backoff) and nothing competes with them for the
+-- window (the read drained the stream, or everything still unread fits in the window's room),
+-- the slots go to them directly, without a trip through the index: the fast path, a handful of
+-- commands for a whole batch.  Otherwise they join the index first, and the slots go to the
+-- best members of the index, once the read has drained the stream (else the caller reads on
+-- first); ZPOPMIN is the exclusive claim, so no two workers get one entry.
+-- A slot is counted only for an entry that could really be handed over.
+--
+-- The attempts of an entry are its delivery count in the pending list: a fresh entry read by
+-- XREADGROUP is at 1, deferring a fresh entry sets it to 0, and each XCLAIM by a take adds one.
+--
+-- KEYS: rate, deferred (priority index), retry (due-time index), stream
+-- ARGV: limit, window_ms, want, group, me, waiting consumer, max retries to promote,
+--       pending bound, drained (1: the read that found `fresh` emptied the stream), fresh
+--       members...
+-- Returns {3, {id, ...}, pttl}                      fresh entries granted (fast path)
+--         {1, {{id, fields, attempt, member}, ...}} index entries granted
+--         {0, pttl_ms}                              window full; it reopens in pttl_ms
+--         {2, wait_ms}                              nothing waiting; next retry due in wait_ms
+--                                                   (-1: none)
+local rate, deferred, retry, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limit, window_ms, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local group, me, waiting = ARGV[4], ARGV[5], ARGV[6]
+local promote_max, most, drained = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
+local fresh = {}
+for i = 10, #ARGV do fresh[#fresh + 1] = ARGV[i] end
+
+-- Would every entry not yet read fit in the window's room along with `fresh`?  Then no task
+-- can lose its slot to a lower priority one by being read later.
+local function all_fit()
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local fields = {}
+    for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+    if fields['name'] == group then
+      local lag = tonumber(fields['lag'])  -- unknown after some deletions: then it does not
+      if not lag then return false end
+      local raw, used = redis.call('GET', rate), 0
+      if raw then used = tonumber(raw) or limit end  -- not a number: as good as full
+      return limit - used >= lag + #fresh
+    end
+  end
+  return false
+end
+
+if #fresh > 0 and redis.call('EXISTS', deferred, retry) == 0 and (drained or all_fit()) then
+  local granted, pttl = 0, -1
+  if want > 0 then
+    granted, pttl = window_take(rate, limit, window_ms, math.min(want, #fresh))
+  end
+  local ids, rest = {}, {}
+  for i, member in ipairs(fresh) do
+    if i <= granted then ids[#ids + 1] = member_id(member) else rest[#rest + 1] = member end
+  end
+  defer(stream, deferred, group, me, waiting, rest, 'fresh', most)
+  if granted == 0 and want > 0 then
+    return {0, pttl}
+  end
+  return {3, ids, pttl}
+end
+
+defer(stream, deferred, group, me, waiting, fresh, 'fresh', most)
+if #fresh > 0 and not drained then
+  -- More is unread, possibly of higher priority: index it before any slot is given away.
+  return {2, 0}
+end
 local now = now_ms()
 
 -- Retries whose backoff has passed rejoin the priority index, under their original rank and id.
-local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, tonumber(ARGV[7]))
-for _, member in ipairs(due) do
-  redis.call('ZREM', retry, member)
-  redis.call('ZADD', deferred, 0, member)
+local due = redis.call('ZRANGEBYSCORE', retry, '-inf', now, 'LIMIT', 0, promote_max)
+if #due > 0 then
+  local scored = {}
+  for _, member in ipairs(due) do
+    scored[#scored + 1] = 0
+    scored[#scored + 1] = member
+  end
+  redis.call('ZREM', retry, unpack(due))
+  redis.call('ZADD', deferred, unpack(scored))
 end
 
-local room, pttl = window_room(rate, limit, window_ms)
-if room <= 0 then
+local n = math.min(want, redis.call('ZCARD', deferred))
+if n <= 0 then
+  if want <= 0 then return {2, 0} end
+  local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')
+  if #nxt > 0 then
+    return {2, math.max(tonumber(nxt[2]) - now, 0)}
+  end
+  return {2, -1}
+end
+
+local granted, pttl = window_take(rate, limit, window_ms, n)
+if granted == 0 then
   return {0, pttl}
 end
 
-local granted = {}
-local n = math.min(room, want)
-while #granted < n do
-  local popped = redis.call('ZPOPMIN', deferred)
-  if #popped == 0 then break end
-  local member = popped[1]
+local popped = redis.call('ZPOPMIN', deferred, granted)
+local members, claim = {}, {'XCLAIM', stream, group, me, 0}
+for i = 1, #popped, 2 do
+  members[#members + 1] = popped[i]
+  claim[#claim + 1] = member_id(popped[i])
+end
+-- Only pending entries are claimed; Redis 7 also drops one deleted from the stream (XTRIM, XDEL)
+-- from the pending list here.  Each claim adds one to the entry's delivery count.
+local claimed = {}
+for _, row in ipairs(redis.call(unpack(claim))) do
+  if row then claimed[row[1]] = row[2] end
+end
+local lo, hi = id_range(members)
+local counts = held_by(stream, group, me, lo, hi, most)
+local grants = {}
+for _, member in ipairs(members) do
   local id = member_id(member)
-  if owned_by(stream, group, id, waiting) then
-    local claimed = redis.call('XCLAIM', stream, group, me, 0, id)
-    -- Redis 7 drops an entry deleted from the stream (XTRIM, XDEL) from the pending list here.
-    if #claimed > 0 and claimed[1] then
-      local attempt = redis.call('HINCRBY', attempts, id, 1)
-      granted[#granted + 1] = {id, claimed[1][2], attempt, member}
-    else
-      redis.call('HDEL', attempts, id)
-    end
+  if claimed[id] then
+    grants[#grants + 1] = {id, claimed[id], counts[id] or 1, member}
   end
 end
-
-if #granted > 0 then
-  window_take(rate, #granted, window_ms)
-  return {1, granted}
+window_give_back(rate, granted - #grants)
+if #grants == 0 then
+  return {2, 0}
 end
-
-local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')
-if #nxt > 0 then
-  return {2, math.max(tonumber(nxt[2]) - now, 0)}
-end
-return {2, -1}
+return {1, grants}

@@ -1,0 +1,37 @@
+"""The benchmark suite's smoke run (seconds): every scenario runs end to end on real processes,
+the table and the picture are written. Figures are not asserted here: speed is measured by the
+full run (`python -m benchmarks`), never in a test."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_benchmark_suite_runs_and_writes_its_table_and_picture(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = (tmp_path / "results.md").read_text()
+    rows = [line for line in results.splitlines() if re.match(r"\| (?!figure|---)", line)]
+    names = [row.split(" | ")[0] for row in rows]
+    for expected in ("throughput ÷ bare", "throughput, 400 tasks", "max calls in any",
+                     "total time ÷ ideal", "high task behind", "p50", "p99", "peak RSS",
+                     "Redis commands per task", "worker CPU per task"):  # fmt: skip
+        assert any(expected in name for name in names), (expected, names)
+    for row in rows:  # every figure was measured: a number in the "measured" column
+        measured = row.split(" | ")[2]
+        assert re.fullmatch(r"[\d,]+(\.\d+)?", measured), row
+    assert "`aiohttp`: bare loop" in results and "`httpx`: bare loop" in results
+    picture = (tmp_path / "quota.png").read_bytes()
+    assert picture.startswith(b"\x89PNG\r\n\x1a\n") and len(picture) > 10_000
