@@ -106,8 +106,9 @@ class Stack:
     ) -> None:
         if self.workers is not None:
             self.workers.terminate_all()
-        self.stop_api()
+        self._stop_api()
         self.redis_server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     @property
     def redis(self) -> redis_sync.Redis:
@@ -137,11 +138,14 @@ class Stack:
 
     def stop_api(self) -> list[Call]:
         """Stop the API (it writes its log then); the calls it saw, in arrival order."""
+        self._stop_api()
+        return read_calls(self.api_log) if self.api_log.exists() else []
+
+    def _stop_api(self) -> None:
         if self._api is not None and self._api.poll() is None:
             # nginx writes its buffered log on a graceful stop (SIGQUIT); the mock on SIGTERM.
             self._api.send_signal(signal.SIGQUIT if self.nginx else signal.SIGTERM)
             self._api.wait(30)
-        return read_calls(self.api_log) if self.api_log.exists() else []
 
     def add_tasks(self, count: int, priority: str = "normal") -> list[str]:
         """XADD `count` tasks, pipelined; their entry ids."""

@@ -92,9 +92,9 @@ class Caller:
             self._metrics.queue_wait.observe(max(0.0, time.time() - enqueued_ms / 1000))
         started = time.monotonic()
         outcome = await self._send(request)
-        seconds = time.monotonic() - started
-        self._metrics.call(outcome.verdict.value, outcome.http_status, seconds)
-        await self._settle(grant, outcome, round(seconds * 1000))
+        answered = time.monotonic()
+        self._metrics.call(outcome.verdict.value, outcome.http_status, answered - started)
+        await self._settle(grant, outcome, round((answered - started) * 1000), answered)
 
     async def _send(self, request: httpx.Request) -> Outcome:
         try:
@@ -117,10 +117,13 @@ class Caller:
             return classify_exception(exc)
         return classify_response(response)
 
-    async def _settle(self, grant: Grant, outcome: Outcome, duration_ms: int) -> None:
+    async def _settle(
+        self, grant: Grant, outcome: Outcome, duration_ms: int, answered: float
+    ) -> None:
         entry_id = grant.entry.id
         if outcome.verdict is Verdict.OK:
-            success = Success(entry_id, outcome.http_status or 0, duration_ms, grant.attempt)
+            status = outcome.http_status or 0
+            success = Success(entry_id, status, duration_ms, grant.attempt, answered)
             recorded = await self._acker.ack(success)
         elif outcome.verdict is Verdict.RETRY and grant.attempt < self._settings.max_attempts:
             delay = retry_delay(

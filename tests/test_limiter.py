@@ -165,3 +165,18 @@ async def test_a_window_with_room_ends_a_window_after_its_first_slot(redis: Redi
     [_second] = (await queue.take(1)).grants
     assert await queue.ack_many([Success(first.entry.id, 200, 5, 1)]) == [True]
     assert 2000 < await redis.pttl(settings.rate_key) <= 3000  # not full: nothing held
+
+
+async def test_a_full_window_is_held_a_window_from_the_answer_not_from_its_acknowledgement(
+    redis: Redis,
+) -> None:
+    settings = make_settings(rate_limit=1, rate_window_seconds=5)
+    queue = dispatcher_for(settings, redis).queue
+    await add_tasks(redis, settings, "normal")
+    await index_all(queue)
+    [grant] = (await queue.take(1)).grants
+    await redis.pexpire(settings.rate_key, 1000)
+    # Answered 2 s before its acknowledgement (a slow Redis, a busy worker): held 3 s more.
+    answered = time.monotonic() - 2
+    assert await queue.ack_many([Success(grant.entry.id, 200, 5, 1, answered)]) == [True]
+    assert 2000 < await redis.pttl(settings.rate_key) <= 3000

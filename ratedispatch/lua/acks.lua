@@ -2,11 +2,12 @@
 -- this consumer still holds are acknowledged: one that was taken over during a long Redis
 -- outage is its new owner's to record.
 --
--- The calls were answered, so a full window is held open until window_ms from now (window_hold).
+-- The calls were answered, so a full window is held open for hold_ms more (window_hold): the
+-- worker gives window_ms less the time since the last of them was answered.
 --
 -- KEYS: stream, results stream, rate
 -- ARGV: group, me, results maxlen (0: no results), delete acked (1/0), lowest id, highest id,
---       pending bound, limit, window_ms, then (id, http_status, duration_ms, attempts) for each
+--       pending bound, limit, hold_ms, then (id, http_status, duration_ms, attempts) for each
 --       entry
 -- Returns {1 or 0 for each entry}: recorded, or no longer ours.
 local stream, results, rate = KEYS[1], KEYS[2], KEYS[3]

@@ -39,13 +39,15 @@ local function window_give_back(rate_key, n)
   end
 end
 
--- A call of a full window has been answered: the window lasts at least window_ms more.  The API
--- saw the call before it answered, so the next window's calls reach it at least window_ms after
--- every call of this one that ended in time, however late each went out (a busy CPU, a new
--- connection).  A window that is not full needs nothing: it has room for no more than `limit`.
-local function window_hold(rate_key, limit, window_ms)
+-- A call of a full window has been answered: the window lasts at least hold_ms more, a window's
+-- length from the answer (the caller counts the time since).  The API saw the call before it
+-- answered, so the next window's calls reach it at least window_ms after every call of this one
+-- that ended in time, however late each went out (a busy CPU, a new connection).  A window that
+-- is not full needs nothing: it has room for no more than `limit`.
+local function window_hold(rate_key, limit, hold_ms)
+  if hold_ms <= 0 then return end
   local used = tonumber(redis.call('GET', rate_key) or '0') or limit
-  if used >= limit and redis.call('PTTL', rate_key) < window_ms then
-    redis.call('PEXPIRE', rate_key, window_ms)
+  if used >= limit and redis.call('PTTL', rate_key) < hold_ms then
+    redis.call('PEXPIRE', rate_key, hold_ms)
   end
 end
