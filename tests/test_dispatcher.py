@@ -191,6 +191,30 @@ async def test_a_full_window_leaves_entries_pending_until_it_reopens(redis: Redi
     assert [len(w) for w in windows] == [3, 3, 3, 1]
 
 
+async def test_never_more_calls_in_flight_than_concurrency_and_every_task_is_called_once(
+    redis: Redis,
+) -> None:
+    settings = make_settings(concurrency=3, rate_limit=1000)
+    ids = await add_tasks(redis, settings, *["normal", "high", "low"] * 8)
+    active, most, seen = 0, 0, []
+
+    async def tracked(request: httpx.Request) -> httpx.Response:
+        nonlocal active, most
+        active += 1
+        most = max(most, active)
+        seen.append(request.headers["Idempotency-Key"])
+        await anyio.sleep(0.01)  # the API's answer time: calls overlap
+        active -= 1
+        return httpx.Response(200)
+
+    with respx.mock(base_url=API) as api:
+        api.route().mock(side_effect=tracked)
+        async with running(settings, redis):
+            await count_is(redis, settings.results_stream, len(ids))
+    assert most == 3
+    assert sorted(seen) == sorted(ids)
+
+
 async def test_graceful_stop_finishes_calls_in_flight_and_leaves_the_rest_for_others(
     redis: Redis,
 ) -> None:
