@@ -3,11 +3,13 @@ calls, for the picture)."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import median
 from typing import Any, cast
 
 from ratedispatch.audit import Call, fixed_windows
@@ -111,11 +113,19 @@ def quota(sizes: Sizes, workers: int = 4) -> tuple[dict[str, float], list[Call]]
         calls = stack.stop_api()
     ideal = (n / limit - 1) * window
     busiest = most_in_any_interval(calls, window)
+    # Where the time over the ideal goes, window by window: the spread of a window's calls at
+    # the API, and how much later than a window after its last call the next one's first came.
+    windows = fixed_windows(calls, window, tolerance=0.05, cold_start=0.25)
+    spreads = [w[-1].at - w[0].at for w in windows]
+    gaps = [b[0].at - a[-1].at - window for a, b in itertools.pairwise(windows)]
     return {
         "max_in_window_per_limit": busiest / limit,
         "busiest": busiest,
         "time_per_ideal": _span(calls) / ideal,
         "calls": len(calls),
+        "spread_ms": 1000 * median(spreads) if spreads else float("nan"),
+        "first_spread_ms": 1000 * spreads[0] if spreads else float("nan"),
+        "gap_ms": 1000 * median(gaps) if gaps else float("nan"),
     }, calls
 
 
