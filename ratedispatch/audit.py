@@ -59,12 +59,11 @@ class Report:
     never_called: list[str]
     called_more_than_once: dict[str, int]
     lost: list[str]  # neither acknowledged with a result nor dead-lettered
+    # tasks first called in a later window than a lower-priority task (see `check`)
     priority_inversions: int
     # called again after the API had answered 2xx: only a worker killed before it could record
     # that answer explains it (retries after errors are not counted here)
-    called_after_success: list[str] = field(
-        default_factory=list
-    )  # tasks first called in a later window than a lower-priority task
+    called_after_success: list[str] = field(default_factory=list)
 
     @property
     def busiest(self) -> int:
