@@ -34,7 +34,8 @@ REFUSED_HEADERS = frozenset(
 MAX_URL_LENGTH = 32_768
 MAX_FIELDS = 1000
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Matched with fullmatch: `$` would also match before a trailing newline ("X-A\n").
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control characters and whitespace: never valid in a path, and CR/LF would split a request.
 _UNSAFE_IN_PATH = re.compile(r"[\x00-\x20\x7f]")
 _UNSAFE_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -126,7 +127,7 @@ def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
         raise InvalidTask("'headers' must be a JSON object of header name to string value")
     headers: list[tuple[str, str]] = []
     for name, header_value in value.items():
-        if not _TOKEN.match(name):
+        if not _TOKEN.fullmatch(name):
             raise InvalidTask(f"header name {name[:100]!r} is not a valid HTTP header name")
         if name.lower() in REFUSED_HEADERS:
             hint = " (use the idempotency_key field)" if name.lower() == "idempotency-key" else ""

@@ -78,6 +78,7 @@ def test_query_in_the_endpoint_is_kept_and_merged_with_fields() -> None:
         ({"endpoint": "/a", "headers": '{"Transfer-Encoding": "chunked"}'}, "may not be set"),
         ({"endpoint": "/a", "headers": '{"X-A": "1\\r\\nX-B: 2"}'}, "CR, LF"),
         ({"endpoint": "/a", "headers": '{"X A": "1"}'}, "not a valid HTTP header name"),
+        ({"endpoint": "/a", "headers": '{"X-A\\n": "1"}'}, "not a valid HTTP header name"),
         ({"endpoint": "/a", "headers": '{"X-A": 1}'}, "string value"),
         ({"endpoint": "/a", "headers": '{"X-A": "caf\\u00e9"}'}, "non-ASCII"),
         ({"endpoint": "/a", "idempotency_key": "k\nx"}, "CR, LF"),
