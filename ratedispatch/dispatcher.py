@@ -97,9 +97,14 @@ class Dispatcher:
         self._intake = anyio.CancelScope()
         self._wake = anyio.Event()
         self._freed = anyio.Event()
-        # True while the last look found nothing waiting in the index or for a backoff.
-        self._fast = True
+        # True while the last look found nothing waiting in the index or for a backoff. False
+        # until the first look: a worker that starts on a backlog reads it in whole batches, so
+        # workers starting together do not split it in small reads and give slots to the best
+        # of their own share only.
+        self._fast = False
         self._last_admit = float("-inf")
+        # Entries read and kept back (READ_ON): they come back with the reader's next read.
+        self._carry: list[tuple[Entry, Task]] = []
         self._waiting = 0
         self._calls: TaskGroup | None = None
         # Grants go to long-lived caller tasks (one per call in flight, at most CONCURRENCY):
@@ -169,6 +174,15 @@ class Dispatcher:
     # -- reading: stream -> calls, or the priority index ----------------------------------
 
     async def _read_loop(self) -> None:
+        try:
+            await self._read()
+        finally:
+            if self._carry:  # stopping: what we kept back goes to the index, for any worker
+                with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+                    await self.queue.take(0, self._carry)
+                    self._carry = []
+
+    async def _read(self) -> None:
         after = "0"
         while True:  # first, entries a previous process with our consumer name left behind
             entries = await self.queue.read_own_pending(READ_BATCH, after)
@@ -177,7 +191,7 @@ class Dispatcher:
             after = entries[-1].id
             await self._shielded_ingest(entries, reread=True)
         while True:
-            if self._fast:
+            if self._fast and not self._carry:
                 # Nothing waits in the index: read only what can be called now, so the entries
                 # go straight to their calls (anything read beyond would be indexed first).
                 while not self._slots.value:
@@ -186,14 +200,19 @@ class Dispatcher:
                 count = self._slots.value
             else:
                 self._waiting = await self.queue.waiting()
-                room = self._settings.max_waiting - self._waiting
+                room = self._settings.max_waiting - self._waiting - len(self._carry)
                 if room <= 0:
                     # Back-pressure: the backlog stays in the stream until the index drains.
+                    if self._carry:
+                        with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+                            await self._admit([], drained=False, keep=False)
                     await anyio.sleep(IDLE_POLL_SECONDS)
                     continue
                 count = min(READ_BATCH, room)
-            entries = await self.queue.read_new(count, self._read_block_ms)
-            if entries:
+            # Carrying entries, read on at once: they wait for this read.
+            block_ms = 0 if self._carry else self._read_block_ms
+            entries = await self.queue.read_new(count, block_ms)
+            if entries or self._carry:
                 with anyio.move_on_after(SHIELD_SECONDS, shield=True):
                     # Entries just read are pending under our name: finish with them even when
                     # stopping.
@@ -201,21 +220,29 @@ class Dispatcher:
             elif not self._read_block_ms:
                 await anyio.sleep(IDLE_POLL_SECONDS)
 
-    async def _admit(self, entries: Sequence[Entry], *, drained: bool) -> None:
+    async def _admit(self, entries: Sequence[Entry], *, drained: bool, keep: bool = True) -> None:
         """Just-read entries: called at once when nothing waits or competes with them and a
-        slot is free (in one script, the fast path), else put in the priority index."""
-        fresh = await self._parse(entries)
+        slot is free (in one script, the fast path), else put in the priority index; or, when
+        more is unread, kept back to go in with it (so the index never holds part of a backlog
+        that another worker could give a slot from while better tasks are still unread)."""
+        fresh = self._carry + await self._parse(entries)
+        self._carry = []
         if not fresh:
             return
         want = self._reserve(len(fresh))
         self._last_admit = time.monotonic()
         take = None
         try:
-            take = await self.queue.take(want, fresh, drained=drained)
+            keep = keep and len(fresh) < READ_BATCH
+            take = await self.queue.take(want, fresh, drained=drained, keep=keep)
         finally:
             # Cut short (Redis away past the shield's deadline): the slots go back all the same.
             self._start_calls(take.grants if take else [], want)
         assert take is not None  # else the take raised
+        if take.status is TakeStatus.READ_ON:
+            self._carry = fresh
+            self._fast = False
+            return
         self._fast = take.fast and len(take.grants) == len(fresh)
         if not self._fast and drained:
             self._wake.set()  # the index holds what the stream held: the dispatch loop takes

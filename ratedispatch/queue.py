@@ -72,6 +72,7 @@ class TakeStatus(enum.Enum):
     GRANTED = 1
     FULL = 0
     EMPTY = 2
+    READ_ON = 4  # the fresh entries stay with the caller, to come back with its next read
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +212,17 @@ class Queue:
         return int(await self._guard.run(op, "counting waiting tasks"))
 
     async def take(
-        self, want: int, fresh: Sequence[tuple[Entry, Task]] = (), *, drained: bool = False
+        self,
+        want: int,
+        fresh: Sequence[tuple[Entry, Task]] = (),
+        *,
+        drained: bool = False,
+        keep: bool = False,
     ) -> Take:
         """Take up to `want` slots for the best tasks (see lua/take.lua). `fresh` are entries
         this consumer just read (`drained`: that read emptied the stream): called at once when
-        nothing waits or competes with them, else put in the index."""
+        nothing waits or competes with them, else put in the index; or, with `keep` and more
+        unread, left with the caller (READ_ON) to bring back with what it reads next."""
         keys = [self.keys.rate, self.keys.deferred, self.keys.retry, self.keys.stream]
         by_member = {index_member(entry.id, task.priority): (entry, task) for entry, task in fresh}
         args: list[str | int] = [
@@ -227,7 +234,7 @@ class Queue:
             self.keys.waiting_consumer,
             PROMOTE_PER_TAKE,
             PENDING_BOUND,
-            1 if drained else 0,
+            1 if drained else "k" if keep else 0,
             *sorted(by_member),  # best first: rank, then entry id
         ]
 
@@ -249,6 +256,8 @@ class Queue:
                 for i, flat, attempt, member in reply[1]
             ]
             return Take(TakeStatus.GRANTED, grants)
+        if status == 4:
+            return Take(TakeStatus.READ_ON)
         wait = int(reply[1])
         if status == 0:
             return Take(TakeStatus.FULL, wait=max(wait, 0) / 1000)

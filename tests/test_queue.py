@@ -225,3 +225,26 @@ async def test_nothing_is_reclaimed_until_redis_has_been_back_for_the_idle_time(
     await b.guard.run(flaky, "a step that met the outage")
     assert await b.consumers.reclaim(stale, 100) == ([], 0)
     assert await a.ack_many([Success(grant.entry.id, 200, 5, 1)]) == [True]
+
+
+async def test_a_reader_with_more_unread_keeps_its_entries_out_of_the_index_until_it_has_all(
+    redis: Redis,
+) -> None:
+    settings = make_settings(rate_limit=3)
+    a = dispatcher_for(settings, redis).queue
+    b = dispatcher_for(make_settings(consumer="worker-b", rate_limit=3), redis).queue
+    ids = await add_tasks(redis, settings, "low", "low", "high", "high", "high")
+    # Reader a read two of five (the lows) and can read on at once: it keeps them back.
+    first = await fresh_read(a, 2)
+    take = await a.take(2, first, drained=False, keep=True)
+    assert take.status is TakeStatus.READ_ON and not take.grants
+    # Meanwhile another worker's take finds nothing to give a slot to, rather than the lows.
+    assert (await b.take(3)).status is TakeStatus.EMPTY
+    assert (
+        await a.waiting() == 0
+        and (await dispatcher_for(settings, redis).limiter.window()).used == 0
+    )
+    # The kept entries come back with the rest: the best three get the window's slots.
+    take = await a.take(3, first + await fresh_read(a, 10), drained=True)
+    assert [g.entry.id for g in take.grants] == ids[2:]
+    assert await a.waiting() == 2

@@ -6,7 +6,10 @@
 -- the slots go to them directly, without a trip through the index: the fast path, a handful of
 -- commands for a whole batch.  Otherwise they join the index first, and the slots go to the
 -- best members of the index, once the read has drained the stream (else the caller reads on
--- first); ZPOPMIN is the exclusive claim, so no two workers get one entry.
+-- first); ZPOPMIN is the exclusive claim, so no two workers get one entry.  A caller that can
+-- read on at once asks to keep its entries (drained 'k'): they stay with it, indexed neither,
+-- and come back with the rest of its next read, so the index never holds part of a backlog
+-- that another worker could give a slot from while better tasks are still unread.
 -- A slot is counted only for an entry that could really be handed over.
 --
 -- The attempts of an entry are its delivery count in the pending list: a fresh entry read by
@@ -14,17 +17,20 @@
 --
 -- KEYS: rate, deferred (priority index), retry (due-time index), stream
 -- ARGV: limit, window_ms, want, group, me, waiting consumer, max retries to promote,
---       pending bound, drained (1: the read that found `fresh` emptied the stream), fresh
---       members...
+--       pending bound, drained (1: the read that found `fresh` emptied the stream; 0: it did
+--       not; k: it did not, and the caller keeps `fresh` unless they can be called now),
+--       fresh members...
 -- Returns {3, {id, ...}, pttl}                      fresh entries granted (fast path)
 --         {1, {{id, fields, attempt, member}, ...}} index entries granted
 --         {0, pttl_ms}                              window full; it reopens in pttl_ms
 --         {2, wait_ms}                              nothing waiting; next retry due in wait_ms
 --                                                   (-1: none)
+--         {4}                                       `fresh` kept by the caller: read on
 local rate, deferred, retry, stream = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local limit, window_ms, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local group, me, waiting = ARGV[4], ARGV[5], ARGV[6]
 local promote_max, most, drained = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9] == '1'
+local keep = ARGV[9] == 'k'
 local fresh = {}
 for i = 10, #ARGV do fresh[#fresh + 1] = ARGV[i] end
 
@@ -61,6 +67,9 @@ if #fresh > 0 and redis.call('EXISTS', deferred, retry) == 0 and (drained or all
   return {3, ids, pttl}
 end
 
+if #fresh > 0 and keep then
+  return {4}
+end
 defer(stream, deferred, group, me, waiting, fresh, 'fresh', most)
 if #fresh > 0 and not drained then
   -- More is unread, possibly of higher priority: index it before any slot is given away.
