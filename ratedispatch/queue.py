@@ -185,10 +185,10 @@ class Queue:
     async def defer(self, items: Iterable[tuple[str, Priority]], *, reread: bool) -> int:
         """Put entries this consumer holds, and did not just read, into the priority index:
         reclaimed, or left by a previous process of the same name and read again (`reread`).
-        Returns the index size."""
+        Returns how many moved (those no longer ours stay where they are)."""
         members = [index_member(entry_id, priority) for entry_id, priority in items]
         if not members:
-            return await self.waiting()
+            return 0
         args: list[str | int] = [
             self.keys.group,
             self.consumer,
@@ -202,8 +202,7 @@ class Queue:
                 keys=[self.keys.stream, self.keys.deferred], args=[*args, *members]
             )
 
-        _moved, size = await self._guard.run(op, "deferring tasks")
-        return int(size)
+        return int(await self._guard.run(op, "deferring tasks"))
 
     async def waiting(self) -> int:
         async def op() -> Any:

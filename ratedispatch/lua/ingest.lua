@@ -4,10 +4,9 @@
 --
 -- KEYS: stream, deferred
 -- ARGV: group, me, waiting consumer, pending bound, mode, members...
--- Returns {moved, size of the index}
+-- Returns how many moved
 local stream, deferred = KEYS[1], KEYS[2]
 local group, me, waiting, most, mode = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
 local members = {}
 for i = 6, #ARGV do members[#members + 1] = ARGV[i] end
-local moved = defer(stream, deferred, group, me, waiting, members, mode, most)
-return {moved, redis.call('ZCARD', deferred)}
+return defer(stream, deferred, group, me, waiting, members, mode, most)
