@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Quota, window by window: a window's {sizes.quota_limit} calls reached the API over "
         f"{quota['spread_ms']:.1f} ms (median; the first window, whose calls open the workers' "
-        f"connections, over {quota['first_spread_ms']:.1f} ms), and the next window's first call "
-        f"came {quota['gap_ms']:.1f} ms after a window's length from the last one (median): "
-        "each full window lasts a window's length from its last answer.",
+        f"connections, over {quota['first_spread_ms']:.1f} ms), and a window's n-th call came "
+        f"{quota['reuse_ms']:.1f} ms more than a window after the last window's n-th (median): "
+        "each slot is used again a window after its call's answer.",
         f"Priority: the high task was called {prio['seconds_waited']:.3f} s after its XADD "
         f"(window {sizes.window:g} s).",
         api_used(),

@@ -114,10 +114,15 @@ def quota(sizes: Sizes, workers: int = 4) -> tuple[dict[str, float], list[Call]]
     ideal = (n / limit - 1) * window
     busiest = most_in_any_interval(calls, window)
     # Where the time over the ideal goes, window by window: the spread of a window's calls at
-    # the API, and how much later than a window after its last call the next one's first came.
+    # the API, and how much later than a window after a call its slot's next call came (the
+    # i-th call of a window against the i-th of the one before).
     windows = fixed_windows(calls, window, tolerance=0.05, cold_start=0.25)
     spreads = [w[-1].at - w[0].at for w in windows]
-    gaps = [b[0].at - a[-1].at - window for a, b in itertools.pairwise(windows)]
+    reuses = [
+        y.at - x.at - window
+        for a, b in itertools.pairwise(windows)
+        for x, y in zip(a, b, strict=False)
+    ]
     return {
         "max_in_window_per_limit": busiest / limit,
         "busiest": busiest,
@@ -125,7 +130,7 @@ def quota(sizes: Sizes, workers: int = 4) -> tuple[dict[str, float], list[Call]]
         "calls": len(calls),
         "spread_ms": 1000 * median(spreads) if spreads else float("nan"),
         "first_spread_ms": 1000 * spreads[0] if spreads else float("nan"),
-        "gap_ms": 1000 * median(gaps) if gaps else float("nan"),
+        "reuse_ms": 1000 * median(reuses) if reuses else float("nan"),
     }, calls
 
 

@@ -71,7 +71,12 @@ class Caller:
             )
         except InvalidTask as exc:
             await self.bury(
-                entry.id, exc.reason, "invalid", last_status="invalid", attempts=grant.attempt - 1
+                entry.id,
+                exc.reason,
+                "invalid",
+                last_status="invalid",
+                attempts=grant.attempt - 1,
+                slot=grant.slot,  # no call: the slot frees
             )
             return
         if grant.attempt > self._settings.max_attempts:
@@ -84,6 +89,7 @@ class Caller:
                 "interrupted",
                 last_status="interrupted",
                 attempts=grant.attempt - 1,
+                slot=grant.slot,  # no call: the slot frees
             )
             return
         if grant.attempt == 1:
@@ -123,7 +129,7 @@ class Caller:
         entry_id = grant.entry.id
         if outcome.verdict is Verdict.OK:
             status = outcome.http_status or 0
-            success = Success(entry_id, status, duration_ms, grant.attempt, answered)
+            success = Success(entry_id, status, duration_ms, grant.attempt, grant.slot, answered)
             recorded = await self._acker.ack(success)
         elif outcome.verdict is Verdict.RETRY and grant.attempt < self._settings.max_attempts:
             delay = retry_delay(
@@ -135,7 +141,9 @@ class Caller:
             )
             if outcome.rate_limited:
                 await self._close_window(outcome.retry_after or delay)
-            recorded = await self._queue.retry_later(entry_id, grant.member, delay)
+            recorded = await self._queue.retry_later(
+                entry_id, grant.member, delay, slot=grant.slot, answered=answered
+            )
             self._metrics.retries.inc()
             log.debug(
                 "task %s attempt %d: %s; retry in %.2fs",
@@ -162,7 +170,8 @@ class Caller:
                 http_status=outcome.http_status,
                 duration_ms=duration_ms,
                 attempts=grant.attempt,
-                called=True,
+                slot=grant.slot,
+                answered=answered,
             )
         if not recorded:
             # Either our own earlier try was recorded and only its answer was lost (Redis went

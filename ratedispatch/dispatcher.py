@@ -64,9 +64,7 @@ class Dispatcher:
         self.metrics = metrics or Metrics()
         self.running = False
         self.keys = Keys.from_settings(settings)
-        self.limiter = Limiter(
-            redis, self.keys.rate, settings.rate_limit, settings.rate_window_seconds
-        )
+        self.limiter = Limiter.from_settings(redis, self.keys, settings)
         self.guard = RedisGuard(
             settings.redis_url,
             on_nogroup=self._recreate_group,

@@ -17,6 +17,7 @@ class Keys:
     stream: str
     group: str
     rate: str
+    slots: str  # sorted set: the slot log beside the counter (lua/window.lua)
     dead: str
     results: str | None  # None: results are disabled
     deferred: str  # sorted set: tasks waiting for a slot, by priority then id
@@ -30,6 +31,9 @@ class Keys:
             stream=settings.stream,
             group=settings.group,
             rate=settings.rate_key,
+            # Beside the counter, not under the stream's prefix: streams that share a RATE_KEY
+            # share one quota, so they must share its log too.
+            slots=f"{settings.rate_key}:slots",
             dead=settings.dead_letter_stream,
             results=settings.results_stream or None,
             deferred=f"{prefix}deferred",

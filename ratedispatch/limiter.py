@@ -1,4 +1,5 @@
-"""The fixed-window limiter at RATE_KEY: its state, and closing it after a 429.
+"""The limit at RATE_KEY: the fixed-window counter and the slot log beside it (lua/window.lua),
+their state, and closing the window after a 429.
 
 Taking a slot is part of the queue's take script (lua/take.lua with lua/window.lua), because a
 slot must be taken in the same atomic step as the task it is for.
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from . import _lua
+from .keys import Keys
+from .settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +22,9 @@ class Window:
     used: int
     limit: int
     resets_in: float | None  # seconds; None when no window is open
+    # Slots whose calls are in flight or were answered less than a window ago (the log).
+    slots_busy: int = 0
+    slot_frees_in: float | None = None  # seconds until the first busy slot frees; None: none
 
     @property
     def full(self) -> bool:
@@ -26,12 +32,33 @@ class Window:
 
 
 class Limiter:
-    def __init__(self, redis: Redis, rate_key: str, limit: int, window_seconds: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        limit: int,
+        window_seconds: float,
+        call_deadline_seconds: float,
+    ) -> None:
         self._redis = redis
-        self._key = rate_key
+        self._key = keys.rate
+        self._slots = keys.slots
         self.limit = limit
         self.window_ms = max(1, round(window_seconds * 1000))
+        # A slot whose call is in flight is held this long plus a window: the latest the call
+        # can end, should its worker die before saying when it did.
+        self.deadline_ms = max(1, math.ceil(call_deadline_seconds * 1000))
         self._close = redis.register_script(_lua.source("close"))
+
+    @classmethod
+    def from_settings(cls, redis: Redis, keys: Keys, settings: Settings) -> Limiter:
+        return cls(
+            redis,
+            keys,
+            settings.rate_limit,
+            settings.rate_window_seconds,
+            settings.http_timeout_seconds,
+        )
 
     async def close_for(self, seconds: float) -> float:
         """Close the window for every worker for at least `seconds`; returns the seconds set."""
@@ -43,9 +70,21 @@ class Limiter:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(self._key)
             pipe.pttl(self._key)
-            raw, pttl = await pipe.execute()
+            pipe.time()
+            raw, pttl, (seconds, micros) = await pipe.execute()
+        now_ms = seconds * 1000 + micros // 1000  # Redis's clock, as the scripts read it
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zcount(self._slots, f"({now_ms}", "+inf")
+            pipe.zrangebyscore(self._slots, f"({now_ms}", "+inf", start=0, num=1, withscores=True)
+            busy, first = await pipe.execute()
         try:
             used = int(raw) if raw is not None else 0
         except ValueError:
             used = self.limit
-        return Window(used, self.limit, int(pttl) / 1000 if int(pttl) >= 0 else None)
+        return Window(
+            used,
+            self.limit,
+            int(pttl) / 1000 if int(pttl) >= 0 else None,
+            int(busy),
+            (first[0][1] - now_ms) / 1000 if first else None,
+        )

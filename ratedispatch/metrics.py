@@ -84,6 +84,11 @@ class Metrics:
         self.window_used = Gauge(
             "ratedispatch_window_used", "Slots taken in the current window", registry=r
         )
+        self.slots_busy = Gauge(
+            "ratedispatch_slots_busy",
+            "Slots in the slot log: calls in flight or answered less than a window ago",
+            registry=r,
+        )
         self.window_limit = Gauge(
             "ratedispatch_window_limit", "Slots per window (RATE_LIMIT)", registry=r
         )
@@ -102,6 +107,7 @@ class Metrics:
         self.dead_letter_length.set(status.dead_letters)
         self.window_used.set(status.window_used)
         self.window_limit.set(status.window_limit)
+        self.slots_busy.set(status.slots_busy)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -46,6 +46,17 @@ def index_member(entry_id: str, priority: Priority) -> str:
     return f"{int(priority)}{ms:020d}-{seq:020d}"
 
 
+def slot_member(entry_id: str, stamp: str) -> str:
+    """The slot log's member for the slot the take at `stamp` gave `entry_id` (lua/window.lua)."""
+    return f"{entry_id}@{stamp}"
+
+
+def ago_ms(then: float, now: float) -> int:
+    """Whole ms from `then` to `now` (time.monotonic()), rounded down: a slot is held a
+    window from its answer, and a late estimate of the answer only holds it longer."""
+    return max(0, int((now - then) * 1000))
+
+
 def id_key(entry_id: str) -> tuple[int, int]:
     """An entry id as (ms, seq), which sorts as Redis orders ids."""
     ms, _, seq = entry_id.partition("-")
@@ -65,6 +76,7 @@ class Grant:
     entry: Entry
     attempt: int  # this call's number: the entry's delivery count, counted before the call
     member: str  # the entry's index member, to put it back for a retry
+    slot: str  # the slot's member in the slot log, to say when its call was answered
     task: Task | None = None  # parsed already (entries this worker just read)
 
 
@@ -79,7 +91,7 @@ class TakeStatus(enum.Enum):
 class Take:
     status: TakeStatus
     grants: list[Grant] = field(default_factory=list)
-    # FULL: seconds until the window reopens. EMPTY: until the next retry is due (None: none).
+    # FULL: seconds until a slot may be had. EMPTY: until the next retry is due (None: none).
     wait: float | None = None
     # GRANTED to fresh entries directly: nothing waited in the index or for a backoff.
     fast: bool = False
@@ -93,7 +105,7 @@ class Success:
     http_status: int
     duration_ms: int
     attempts: int
-    # When the answer came in (time.monotonic()): a full window is held a window from then.
+    slot: str  # its slot in the slot log: busy for a window from the answer
     answered_at: float = field(default_factory=time.monotonic)
 
 
@@ -222,7 +234,13 @@ class Queue:
         this consumer just read (`drained`: that read emptied the stream): called at once when
         nothing waits or competes with them, else put in the index; or, with `keep` and more
         unread, left with the caller (READ_ON) to bring back with what it reads next."""
-        keys = [self.keys.rate, self.keys.deferred, self.keys.retry, self.keys.stream]
+        keys = [
+            self.keys.rate,
+            self.keys.deferred,
+            self.keys.retry,
+            self.keys.stream,
+            self.keys.slots,
+        ]
         by_member = {index_member(entry.id, task.priority): (entry, task) for entry, task in fresh}
         args: list[str | int] = [
             self._limiter.limit,
@@ -234,6 +252,7 @@ class Queue:
             PROMOTE_PER_TAKE,
             PENDING_BOUND,
             1 if drained else "k" if keep else 0,
+            self._limiter.deadline_ms,
             *sorted(by_member),  # best first: rank, then entry id
         ]
 
@@ -244,16 +263,22 @@ class Queue:
         status = reply[0]
         if status == 3:
             fresh_by_id = {entry.id: (entry, task, m) for m, (entry, task) in by_member.items()}
+            stamp = as_text(reply[2])
             grants = []
             for raw_id in reply[1]:
-                entry, task, member = fresh_by_id[as_text(raw_id)]
-                grants.append(Grant(entry, 1, member, task))  # read by XREADGROUP: 1st call
+                entry_id = as_text(raw_id)
+                entry, task, member = fresh_by_id[entry_id]
+                # Read by XREADGROUP: its first call.
+                grants.append(Grant(entry, 1, member, slot_member(entry_id, stamp), task))
             return Take(TakeStatus.GRANTED, grants, fast=True)
         if status == 1:
-            grants = [
-                Grant(Entry(as_text(i), field_map(flat)), int(attempt), as_text(member))
-                for i, flat, attempt, member in reply[1]
-            ]
+            stamp = as_text(reply[2])
+            grants = []
+            for raw_id, flat, attempt, member in reply[1]:
+                entry_id = as_text(raw_id)
+                entry = Entry(entry_id, field_map(flat))
+                slot = slot_member(entry_id, stamp)
+                grants.append(Grant(entry, int(attempt), as_text(member), slot))
             return Take(TakeStatus.GRANTED, grants)
         if status == 4:
             return Take(TakeStatus.READ_ON)
@@ -274,28 +299,35 @@ class Queue:
             ids[0],
             ids[-1],
             PENDING_BOUND,
-            self._limiter.limit,
-            0,  # the hold, set for each attempt
+            self._limiter.window_ms,
         ]
-        for s in successes:
-            args += [s.entry_id, s.http_status, s.duration_ms, s.attempts]
-        keys = [self.keys.stream, self.keys.results or self.keys.stream, self.keys.rate]
-        last_answer = max(s.answered_at for s in successes)
+        keys = [self.keys.stream, self.keys.results or self.keys.stream, self.keys.slots]
 
         async def op() -> Any:
-            # A window from the last answer, not from this script: the batch's wait and round
-            # trip are not added to every full window. Measured on this clock, so only ever
-            # too long (the script runs after this is sent), never too short.
-            args[8] = self._limiter.window_ms - int((time.monotonic() - last_answer) * 1000)
-            return await self._acks(keys=keys, args=args)
+            # Each slot is busy a window from its answer, not from this script: the batch's
+            # wait and round trip are not added to it. Measured anew for each attempt.
+            now = time.monotonic()
+            answers: list[str | int] = []
+            for s in successes:
+                answers += [s.entry_id, s.http_status, s.duration_ms, s.attempts, s.slot]
+                answers.append(ago_ms(s.answered_at, now))
+            return await self._acks(keys=keys, args=[*args, *answers])
 
         recorded = await self._guard.run(op, "recording tasks as done")
         return [bool(r) for r in recorded]
 
-    async def retry_later(self, entry_id: str, member: str, delay: float) -> bool:
-        """Back to waiting until `delay` seconds (Redis time) have passed."""
+    async def retry_later(
+        self, entry_id: str, member: str, delay: float, *, slot: str, answered: float
+    ) -> bool:
+        """Back to waiting until `delay` seconds (Redis time) have passed. The call on `slot`
+        was answered at `answered` (time.monotonic())."""
         return await self._settle_op(
-            entry_id, "retry", delay_ms=round(delay * 1000), member=member, called=True
+            entry_id,
+            "retry",
+            delay_ms=round(delay * 1000),
+            member=member,
+            slot=slot,
+            answered=answered,
         )
 
     async def bury(
@@ -307,10 +339,12 @@ class Queue:
         http_status: int | None = None,
         duration_ms: int = 0,
         attempts: int,
-        called: bool = False,
+        slot: str = "",
+        answered: float | None = None,
     ) -> bool:
         """Dead-letter with the reason (keeping every original field), and record a result.
-        `called`: the API was called for it just now."""
+        `slot`: the slot taken for it, whose call was `answered` at that time.monotonic()
+        (None: no call was made, the slot frees)."""
         recorded = await self._settle_op(
             entry_id,
             "dead",
@@ -319,7 +353,8 @@ class Queue:
             reason=reason,
             last_status=last_status,
             attempts=attempts,
-            called=called,
+            slot=slot,
+            answered=answered,
         )
         if recorded:
             log.warning("task %s dead-lettered: %s", entry_id, reason)
@@ -337,14 +372,15 @@ class Queue:
         reason: str = "",
         last_status: str = "",
         attempts: int = 0,
-        called: bool = False,
+        slot: str = "",
+        answered: float | None = None,
     ) -> bool:
         keys = [
             self.keys.stream,
             self.keys.retry,
             self.keys.results or self.keys.stream,
             self.keys.dead,
-            self.keys.rate,
+            self.keys.slots,
         ]
         args = [
             self.keys.group,
@@ -361,11 +397,14 @@ class Queue:
             reason,
             last_status,
             attempts,
-            self._limiter.limit if called else 0,
+            slot,
+            -1,  # when the call was answered, set for each attempt
             self._limiter.window_ms,
         ]
 
         async def op() -> Any:
+            if answered is not None:
+                args[15] = ago_ms(answered, time.monotonic())
             return await self._settle(keys=keys, args=args)
 
         return bool(await self._guard.run(op, f"recording a task as {mode}"))

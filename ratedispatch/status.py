@@ -45,6 +45,9 @@ class Status:
     window_used: int
     window_limit: int
     window_resets_in: float | None  # seconds; None when no window is open
+    # Slots in the log: calls in flight or answered less than a window ago (at most the limit).
+    slots_busy: int
+    slot_frees_in: float | None  # seconds until the first busy slot frees; None when none is
     consumers: list[Consumer] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -54,7 +57,7 @@ class Status:
 async def collect(redis: Redis, settings: Settings) -> Status:
     """One consistent-enough snapshot (several reads, not one transaction)."""
     keys = Keys.from_settings(settings)
-    limiter = Limiter(redis, keys.rate, settings.rate_limit, settings.rate_window_seconds)
+    limiter = Limiter.from_settings(redis, keys, settings)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xlen(keys.stream)
         for rank in Priority:
@@ -89,6 +92,8 @@ async def collect(redis: Redis, settings: Settings) -> Status:
         window_used=window.used,
         window_limit=window.limit,
         window_resets_in=window.resets_in,
+        slots_busy=window.slots_busy,
+        slot_frees_in=window.slot_frees_in,
         consumers=consumers,
     )
 
@@ -127,11 +132,15 @@ def render(status: Status) -> str:
         resets = "no window open"
     else:
         resets = f"resets in {status.window_resets_in:.1f}s"
+    slots = f"{status.slots_busy}/{status.window_limit} busy"
+    if status.slot_frees_in is not None:
+        slots += f", the first frees in {status.slot_frees_in:.1f}s"
     lines += [
         f"entries  {status.stream_length} in the stream, {not_delivered} not yet delivered",
         f"pending  {status.pending}: waiting for a slot ({waiting}), "
         f"{status.retrying} retrying later, {status.in_flight} held by workers",
         f"window   {status.window_used}/{status.window_limit} used, {resets}",
+        f"slots    {slots} (in flight, or answered less than a window ago)",
         f"dead     {status.dead_letters} dead letters;  results {results}",
     ]
     if status.consumers:

@@ -27,7 +27,7 @@ from .redis_server import RedisServer, free_port
 STATUS_FIELDS = {
     "stream", "group", "group_exists", "stream_length", "not_delivered", "pending", "waiting",
     "retrying", "in_flight", "dead_letters", "results", "window_used", "window_limit",
-    "window_resets_in", "consumers",
+    "window_resets_in", "slots_busy", "slot_frees_in", "consumers",
 }  # fmt: skip
 
 
@@ -57,11 +57,14 @@ async def test_status_counts_waiting_by_priority_in_flight_and_flags_dead_consum
     assert status.not_delivered == 0
     assert (status.window_used, status.window_limit) == (1, 10)
     assert status.window_resets_in is not None and 0 < status.window_resets_in <= 1
+    # Its slot is busy until the latest its call could end (HTTP deadline 1 s), plus a window.
+    assert status.slots_busy == 1
+    assert status.slot_frees_in is not None and 1.5 < status.slot_frees_in <= 1.85
     [consumer] = status.consumers
     assert (consumer.name, consumer.pending, consumer.likely_dead) == ("gone-worker", 1, True)
     text = render(status)
     assert "waiting for a slot (high 1  normal 1  low 3)" in text
-    assert "LIKELY DEAD" in text and "1/10 used" in text
+    assert "LIKELY DEAD" in text and "1/10 used" in text and "1/10 busy" in text
 
 
 @pytest.mark.anyio

@@ -191,6 +191,38 @@ async def test_a_full_window_leaves_entries_pending_until_it_reopens(redis: Redi
     assert [len(w) for w in windows] == [3, 3, 3, 1]
 
 
+async def test_a_burst_after_a_quiet_spell_keeps_every_window_length_within_the_limit(
+    redis: Redis,
+) -> None:
+    """A counter alone would let this through: 2 calls at the end of a window with room, and
+    the next window's 4 right after it, 6 within one window's length. The slot log keeps the
+    late 2 slots busy for a window after their answers."""
+    settings = make_settings(rate_limit=4, rate_window_seconds=0.5)
+    seen: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(time.monotonic())
+        return httpx.Response(200)
+
+    with respx.mock(base_url=API) as api:
+        api.route().mock(side_effect=answer)
+        async with running(settings, redis) as dispatcher:
+            await add_tasks(redis, settings, "normal")
+            await count_is(redis, settings.results_stream, 1)
+
+            async def window_nearly_over() -> bool:
+                resets_in = (await dispatcher.limiter.window()).resets_in
+                return resets_in is not None and resets_in < 0.15
+
+            await eventually(window_nearly_over, what="the end of the first window")
+            await add_tasks(redis, settings, "normal", "normal", endpoint="/late")
+            await count_is(redis, settings.results_stream, 3)
+            await add_tasks(redis, settings, *["normal"] * 8, endpoint="/burst")
+            await count_is(redis, settings.results_stream, 11)
+    busiest = max(sum(1 for t in seen if start <= t < start + 0.5) for start in seen)
+    assert len(seen) == 11 and busiest == 4
+
+
 async def test_never_more_calls_in_flight_than_concurrency_and_every_task_is_called_once(
     redis: Redis,
 ) -> None:

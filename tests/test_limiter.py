@@ -1,4 +1,5 @@
-"""The Lua fixed window: atomic slots, Redis's clock, repair, 429 closing, script reloads.
+"""The Lua limit: the fixed-window counter's atomic slots, Redis's clock, repair, 429 closing,
+script reloads; the slot log that keeps every window-length interval within the limit.
 
 Runs on fakeredis and on a real redis-server (the `redis` fixture)."""
 
@@ -135,48 +136,70 @@ async def test_a_refused_worker_sleeps_until_the_window_reopens_instead_of_polli
     assert scripts < 20, f"{scripts} scripts in two windows"
 
 
-async def test_a_full_window_lasts_a_window_after_its_filling_slot_and_its_answered_calls(
+async def test_a_slot_stays_busy_a_window_after_its_call_was_answered_counter_or_not(
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=2, rate_window_seconds=5)
-    queue = dispatcher_for(settings, redis).queue
-    await add_tasks(redis, settings, *["normal"] * 3)
+    dispatcher = dispatcher_for(settings, redis)
+    queue = dispatcher.queue
+    await add_tasks(redis, settings, *["normal"] * 4)
     await index_all(queue)
-    [first] = (await queue.take(1)).grants
-    await redis.pexpire(settings.rate_key, 3000)  # as if two seconds had passed since it opened
-    [second] = (await queue.take(1)).grants  # fills the window: it ends 5 s from now
-    assert 4000 < await redis.pttl(settings.rate_key) <= 5000
-    await redis.pexpire(settings.rate_key, 1000)
-    # An answered call of the full window holds it open a window's length from its answer.
-    assert await queue.ack_many([Success(first.entry.id, 200, 5, 1)]) == [True]
-    assert 4000 < await redis.pttl(settings.rate_key) <= 5000
-    await redis.pexpire(settings.rate_key, 1000)
-    assert await queue.retry_later(second.entry.id, second.member, 0)
-    assert 4000 < await redis.pttl(settings.rate_key) <= 5000
+    first, second = (await queue.take(2)).grants
+    # Answered 4.7 s and 1 s before they are acknowledged: free in 0.3 s and in 4 s.
+    now = time.monotonic()
+    acks = [
+        Success(first.entry.id, 200, 5, 1, first.slot, now - 4.7),
+        Success(second.entry.id, 200, 5, 1, second.slot, now - 1),
+    ]
+    assert await queue.ack_many(acks) == [True, True]
+    await redis.delete(settings.rate_key)  # the counter's window is over (or an operator's DEL)
+    window = await dispatcher.limiter.window()
+    assert window.used == 0 and window.slots_busy == 2
+    assert window.slot_frees_in is not None and 0.2 < window.slot_frees_in <= 0.3
+    refused = await queue.take(2)
+    assert refused.status is TakeStatus.FULL
+    assert refused.wait is not None and 0.2 < refused.wait <= 0.31
+    await anyio.sleep(refused.wait)  # as a refused worker does
+    again = await queue.take(2)
+    assert again.status is TakeStatus.GRANTED and len(again.grants) == 1  # the other is busy
+    assert (await dispatcher.limiter.window()).slots_busy == 2
 
 
-async def test_a_window_with_room_ends_a_window_after_its_first_slot(redis: Redis) -> None:
-    settings = make_settings(rate_limit=3, rate_window_seconds=5)
-    queue = dispatcher_for(settings, redis).queue
-    await add_tasks(redis, settings, *["normal"] * 2)
-    await index_all(queue)
-    [first] = (await queue.take(1)).grants
-    await redis.pexpire(settings.rate_key, 3000)
-    [_second] = (await queue.take(1)).grants
-    assert await queue.ack_many([Success(first.entry.id, 200, 5, 1)]) == [True]
-    assert 2000 < await redis.pttl(settings.rate_key) <= 3000  # not full: nothing held
-
-
-async def test_a_full_window_is_held_a_window_from_the_answer_not_from_its_acknowledgement(
+async def test_retries_and_dead_letters_free_their_slot_a_window_after_the_answer(
     redis: Redis,
 ) -> None:
-    settings = make_settings(rate_limit=1, rate_window_seconds=5)
-    queue = dispatcher_for(settings, redis).queue
-    await add_tasks(redis, settings, "normal")
+    settings = make_settings(rate_limit=3, rate_window_seconds=5)
+    dispatcher = dispatcher_for(settings, redis)
+    queue = dispatcher.queue
+    await add_tasks(redis, settings, *["normal"] * 3)
     await index_all(queue)
-    [grant] = (await queue.take(1)).grants
-    await redis.pexpire(settings.rate_key, 1000)
-    # Answered 2 s before its acknowledgement (a slow Redis, a busy worker): held 3 s more.
-    answered = time.monotonic() - 2
-    assert await queue.ack_many([Success(grant.entry.id, 200, 5, 1, answered)]) == [True]
-    assert 2000 < await redis.pttl(settings.rate_key) <= 3000
+    a, b, c = (await queue.take(3)).grants
+    now = time.monotonic()
+    assert await queue.retry_later(a.entry.id, a.member, 0, slot=a.slot, answered=now - 4.8)
+    assert await queue.bury(
+        b.entry.id, "refused", last_status="404", attempts=1, slot=b.slot, answered=now - 2
+    )
+    # Found invalid before its call: no call was made, so its slot frees at once.
+    assert await queue.bury(c.entry.id, "invalid", last_status="invalid", attempts=0, slot=c.slot)
+    window = await dispatcher.limiter.window()
+    assert window.slots_busy == 2
+    assert window.slot_frees_in is not None and 0.1 < window.slot_frees_in <= 0.2
+
+
+async def test_a_slot_whose_worker_never_answers_frees_a_deadline_and_a_window_after_its_take(
+    redis: Redis,
+) -> None:
+    settings = make_settings(rate_limit=1, rate_window_seconds=2, http_timeout_seconds=1.5)
+    dispatcher = dispatcher_for(settings, redis)
+    queue = dispatcher.queue
+    await add_tasks(redis, settings, "normal", "normal")
+    await index_all(queue)
+    assert len((await queue.take(1)).grants) == 1  # and its worker dies: no answer, ever
+    await redis.delete(settings.rate_key)
+    window = await dispatcher.limiter.window()
+    assert window.slot_frees_in is not None and 3.0 < window.slot_frees_in <= 3.5
+    # A call in flight may yet be answered now, and free its slot a window from now: a
+    # refused worker looks again then, not at the deadline.
+    refused = await queue.take(1)
+    assert refused.status is TakeStatus.FULL
+    assert refused.wait is not None and 1.9 < refused.wait <= 2.0

@@ -34,10 +34,12 @@ TOKEN = "api-token-91c2"
 # The least-privilege ACL documented in the README: only the commands ratedispatch runs
 # (also inside its Lua scripts), only its keys.
 ACL_RULES = (
-    "on", f">{PASSWORD}", "resetkeys", "~external:api:*", "~rate:external:api", "resetchannels",
-    "-@all", "+@stream", "+zadd", "+zrem", "+zcard", "+zlexcount", "+zpopmin", "+zrange",
-    "+zrangebyscore", "+exists", "+get", "+set", "+incrby", "+decrby", "+pexpire", "+pttl",
-    "+del", "+time", "+ping", "+multi", "+exec", "+evalsha", "+script|load",
+    "on", f">{PASSWORD}", "resetkeys", "~external:api:*", "~rate:external:api",
+    "~rate:external:api:slots", "resetchannels",
+    "-@all", "+@stream", "+zadd", "+zrem", "+zcard", "+zcount", "+zlexcount", "+zpopmin",
+    "+zrange", "+zrangebyscore", "+zremrangebyscore", "+exists", "+get", "+set", "+incrby",
+    "+decrby", "+pexpire", "+pttl", "+del", "+time", "+ping", "+multi", "+exec", "+evalsha",
+    "+script|load",
 )  # fmt: skip
 
 

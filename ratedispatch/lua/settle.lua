@@ -1,24 +1,24 @@
 -- Record what happened to an entry this consumer holds: failed for good (`dead`), or to be tried
--- again after a delay (`retry`).  Successes are acknowledged in batches by acks.lua.  Nothing happens unless the entry is still ours:
--- a worker that lost it (reclaimed during a long Redis outage) must not acknowledge it twice.
+-- again after a delay (`retry`).  Successes are acknowledged in batches by acks.lua.  Nothing
+-- happens unless the entry is still ours: a worker that lost it (reclaimed during a long Redis
+-- outage) must not acknowledge it twice.
 --
--- A call was made (unless `limit` is 0): a full window is held open (window_hold).
+-- The slot taken for the entry (if any) is busy for a window from the call's answer, or is
+-- freed if no call was made (slots_answered), whoever holds the entry now.
 --
--- KEYS: stream, retry index, results stream, dead-letter stream, rate
+-- KEYS: stream, retry index, results stream, dead-letter stream, slots (the log)
 -- ARGV: group, me, waiting consumer, id, mode, http_status, duration_ms, results maxlen (0: no
 --       results), delete acked (1/0), retry delay ms, index member, reason, last status,
---       attempts, limit (0: no call was made), window_ms
+--       attempts, slot ('' : none taken), answered ms ago (-1: no call was made), window_ms
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 local stream, retry, results, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, me, waiting, id, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if tonumber(ARGV[15]) > 0 then
-  window_hold(KEYS[5], tonumber(ARGV[15]), tonumber(ARGV[16]))
-end
+local now = now_ms()
+slots_answered(KEYS[5], tonumber(ARGV[17]), {ARGV[15], ARGV[16]}, now)
 
 if not held_by(stream, group, me, id, id, 1)[id] then
   return 0
 end
-local now = now_ms()
 
 if mode == 'retry' then
   -- Back to the waiting consumer: the entry is not idle-stale, and no concurrency slot waits.
