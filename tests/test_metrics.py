@@ -11,9 +11,10 @@ import respx
 from redis.asyncio import Redis
 
 from ratedispatch.metrics import Metrics, MetricsServer
+from ratedispatch.status import collect
 
 from .conftest import API, make_settings
-from .helpers import add_tasks
+from .helpers import add_tasks, dispatcher_for, index_all
 from .test_dispatcher import count_is, running
 
 
@@ -47,6 +48,22 @@ async def test_a_worker_counts_calls_slots_retries_and_dead_letters(redis: Redis
     assert sample(metrics, "ratedispatch_in_flight") == 0
     exposition = metrics.exposition().decode()
     assert "evil.example" not in exposition and "/ok" not in exposition  # no task data
+
+
+@pytest.mark.anyio
+async def test_the_redis_gauges_show_what_status_reads(redis: Redis) -> None:
+    settings = make_settings(rate_limit=10, rate_window_seconds=5)
+    await add_tasks(redis, settings, "low", "normal", "high")
+    queue = dispatcher_for(settings, redis).queue
+    await index_all(queue)
+    assert len((await queue.take(2)).grants) == 2  # their calls are in flight
+    metrics = Metrics()
+    metrics.refresh(await collect(redis, settings))
+    assert sample(metrics, "ratedispatch_window_used") == 2
+    assert sample(metrics, "ratedispatch_window_limit") == 10
+    assert sample(metrics, "ratedispatch_slots_busy") == 2
+    assert sample(metrics, "ratedispatch_waiting", priority="low") == 1
+    assert sample(metrics, "ratedispatch_pending") == 3
 
 
 def test_the_endpoint_serves_metrics_and_health() -> None:
