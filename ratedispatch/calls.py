@@ -76,7 +76,7 @@ class Caller:
                 "invalid",
                 last_status="invalid",
                 attempts=grant.attempt - 1,
-                slot=grant.slot,  # no call: the slot frees
+                stamp=grant.stamp,  # no call: the slot frees
             )
             return
         if grant.attempt > self._settings.max_attempts:
@@ -89,7 +89,7 @@ class Caller:
                 "interrupted",
                 last_status="interrupted",
                 attempts=grant.attempt - 1,
-                slot=grant.slot,  # no call: the slot frees
+                stamp=grant.stamp,  # no call: the slot frees
             )
             return
         if grant.attempt == 1:
@@ -129,7 +129,7 @@ class Caller:
         entry_id = grant.entry.id
         if outcome.verdict is Verdict.OK:
             status = outcome.http_status or 0
-            success = Success(entry_id, status, duration_ms, grant.attempt, grant.slot, answered)
+            success = Success(entry_id, status, duration_ms, grant.attempt, grant.stamp, answered)
             recorded = await self._acker.ack(success)
         elif outcome.verdict is Verdict.RETRY and grant.attempt < self._settings.max_attempts:
             delay = retry_delay(
@@ -142,7 +142,7 @@ class Caller:
             if outcome.rate_limited:
                 await self._close_window(outcome.retry_after or delay)
             recorded = await self._queue.retry_later(
-                entry_id, grant.member, delay, slot=grant.slot, answered=answered
+                entry_id, grant.member, delay, stamp=grant.stamp, answered=answered
             )
             self._metrics.retries.inc()
             log.debug(
@@ -170,7 +170,7 @@ class Caller:
                 http_status=outcome.http_status,
                 duration_ms=duration_ms,
                 attempts=grant.attempt,
-                slot=grant.slot,
+                stamp=grant.stamp,
                 answered=answered,
             )
         if not recorded:

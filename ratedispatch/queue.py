@@ -46,11 +46,6 @@ def index_member(entry_id: str, priority: Priority) -> str:
     return f"{int(priority)}{ms:020d}-{seq:020d}"
 
 
-def slot_member(entry_id: str, stamp: str) -> str:
-    """The slot log's member for the slot the take at `stamp` gave `entry_id` (lua/window.lua)."""
-    return f"{entry_id}@{stamp}"
-
-
 def ago_ms(then: float, now: float) -> int:
     """Whole ms from `then` to `now` (time.monotonic()), rounded down: a slot is held a
     window from its answer, and a late estimate of the answer only holds it longer."""
@@ -76,7 +71,9 @@ class Grant:
     entry: Entry
     attempt: int  # this call's number: the entry's delivery count, counted before the call
     member: str  # the entry's index member, to put it back for a retry
-    slot: str  # the slot's member in the slot log, to say when its call was answered
+    # The take that gave it its slot; the slot log names the slot by entry id and this stamp
+    # (slot_member in lua/window.lua), to be told when its call was answered.
+    stamp: str
     task: Task | None = None  # parsed already (entries this worker just read)
 
 
@@ -105,7 +102,7 @@ class Success:
     http_status: int
     duration_ms: int
     attempts: int
-    slot: str  # its slot in the slot log: busy for a window from the answer
+    stamp: str  # of the take that gave its slot (Grant.stamp): busy a window from the answer
     answered_at: float = field(default_factory=time.monotonic)
 
 
@@ -266,19 +263,16 @@ class Queue:
             stamp = as_text(reply[2])
             grants = []
             for raw_id in reply[1]:
-                entry_id = as_text(raw_id)
-                entry, task, member = fresh_by_id[entry_id]
+                entry, task, member = fresh_by_id[as_text(raw_id)]
                 # Read by XREADGROUP: its first call.
-                grants.append(Grant(entry, 1, member, slot_member(entry_id, stamp), task))
+                grants.append(Grant(entry, 1, member, stamp, task))
             return Take(TakeStatus.GRANTED, grants, fast=True)
         if status == 1:
             stamp = as_text(reply[2])
-            grants = []
-            for raw_id, flat, attempt, member in reply[1]:
-                entry_id = as_text(raw_id)
-                entry = Entry(entry_id, field_map(flat))
-                slot = slot_member(entry_id, stamp)
-                grants.append(Grant(entry, int(attempt), as_text(member), slot))
+            grants = [
+                Grant(Entry(as_text(i), field_map(flat)), int(attempt), as_text(member), stamp)
+                for i, flat, attempt, member in reply[1]
+            ]
             return Take(TakeStatus.GRANTED, grants)
         if status == 4:
             return Take(TakeStatus.READ_ON)
@@ -309,7 +303,7 @@ class Queue:
             now = time.monotonic()
             answers: list[str | int] = []
             for s in successes:
-                answers += [s.entry_id, s.http_status, s.duration_ms, s.attempts, s.slot]
+                answers += [s.entry_id, s.http_status, s.duration_ms, s.attempts, s.stamp]
                 answers.append(ago_ms(s.answered_at, now))
             return await self._acks(keys=keys, args=[*args, *answers])
 
@@ -317,16 +311,16 @@ class Queue:
         return [bool(r) for r in recorded]
 
     async def retry_later(
-        self, entry_id: str, member: str, delay: float, *, slot: str, answered: float
+        self, entry_id: str, member: str, delay: float, *, stamp: str, answered: float
     ) -> bool:
-        """Back to waiting until `delay` seconds (Redis time) have passed. The call on `slot`
-        was answered at `answered` (time.monotonic())."""
+        """Back to waiting until `delay` seconds (Redis time) have passed. The call on the slot
+        taken at `stamp` was answered at `answered` (time.monotonic())."""
         return await self._settle_op(
             entry_id,
             "retry",
             delay_ms=round(delay * 1000),
             member=member,
-            slot=slot,
+            stamp=stamp,
             answered=answered,
         )
 
@@ -339,12 +333,12 @@ class Queue:
         http_status: int | None = None,
         duration_ms: int = 0,
         attempts: int,
-        slot: str = "",
+        stamp: str = "",
         answered: float | None = None,
     ) -> bool:
         """Dead-letter with the reason (keeping every original field), and record a result.
-        `slot`: the slot taken for it, whose call was `answered` at that time.monotonic()
-        (None: no call was made, the slot frees)."""
+        `stamp`: of the take that gave it a slot, whose call was `answered` at that
+        time.monotonic() (None: no call was made, the slot frees)."""
         recorded = await self._settle_op(
             entry_id,
             "dead",
@@ -353,7 +347,7 @@ class Queue:
             reason=reason,
             last_status=last_status,
             attempts=attempts,
-            slot=slot,
+            stamp=stamp,
             answered=answered,
         )
         if recorded:
@@ -372,7 +366,7 @@ class Queue:
         reason: str = "",
         last_status: str = "",
         attempts: int = 0,
-        slot: str = "",
+        stamp: str = "",
         answered: float | None = None,
     ) -> bool:
         keys = [
@@ -397,7 +391,7 @@ class Queue:
             reason,
             last_status,
             attempts,
-            slot,
+            stamp,
             -1,  # when the call was answered, set for each attempt
             self._limiter.window_ms,
         ]

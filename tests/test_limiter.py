@@ -148,8 +148,8 @@ async def test_a_slot_stays_busy_a_window_after_its_call_was_answered_counter_or
     # Answered 4.7 s and 1 s before they are acknowledged: free in 0.3 s and in 4 s.
     now = time.monotonic()
     acks = [
-        Success(first.entry.id, 200, 5, 1, first.slot, now - 4.7),
-        Success(second.entry.id, 200, 5, 1, second.slot, now - 1),
+        Success(first.entry.id, 200, 5, 1, first.stamp, now - 4.7),
+        Success(second.entry.id, 200, 5, 1, second.stamp, now - 1),
     ]
     assert await queue.ack_many(acks) == [True, True]
     await redis.delete(settings.rate_key)  # the counter's window is over (or an operator's DEL)
@@ -175,12 +175,12 @@ async def test_retries_and_dead_letters_free_their_slot_a_window_after_the_answe
     await index_all(queue)
     a, b, c = (await queue.take(3)).grants
     now = time.monotonic()
-    assert await queue.retry_later(a.entry.id, a.member, 0, slot=a.slot, answered=now - 4.8)
+    assert await queue.retry_later(a.entry.id, a.member, 0, stamp=a.stamp, answered=now - 4.8)
     assert await queue.bury(
-        b.entry.id, "refused", last_status="404", attempts=1, slot=b.slot, answered=now - 2
+        b.entry.id, "refused", last_status="404", attempts=1, stamp=b.stamp, answered=now - 2
     )
     # Found invalid before its call: no call was made, so its slot frees at once.
-    assert await queue.bury(c.entry.id, "invalid", last_status="invalid", attempts=0, slot=c.slot)
+    assert await queue.bury(c.entry.id, "invalid", last_status="invalid", attempts=0, stamp=c.stamp)
     window = await dispatcher.limiter.window()
     assert window.slots_busy == 2
     assert window.slot_frees_in is not None and 0.1 < window.slot_frees_in <= 0.2

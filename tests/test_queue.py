@@ -126,9 +126,9 @@ async def test_settling_an_entry_that_is_no_longer_ours_does_nothing(redis: Redi
         await b.consumers.stale_ids(100, 10), 100
     )  # a was presumed dead
     assert len(entries) == 1
-    assert await a.ack_many([Success(grant.entry.id, 200, 5, 1, grant.slot)]) == [False]
+    assert await a.ack_many([Success(grant.entry.id, 200, 5, 1, grant.stamp)]) == [False]
     assert await redis.xlen("results") == 0
-    assert await b.queue.ack_many([Success(grant.entry.id, 200, 5, 1, grant.slot)]) == [True]
+    assert await b.queue.ack_many([Success(grant.entry.id, 200, 5, 1, grant.stamp)]) == [True]
     assert await redis.xlen("results") == 1
 
 
@@ -202,7 +202,7 @@ async def test_attempts_are_the_delivery_count_across_retries(redis: Redis) -> N
         attempts.append(grant.attempt)
         answered = time.monotonic()
         assert await queue.retry_later(
-            grant.entry.id, grant.member, 0, slot=grant.slot, answered=answered
+            grant.entry.id, grant.member, 0, stamp=grant.stamp, answered=answered
         )
     assert attempts == [1, 2, 3]
 
@@ -229,7 +229,7 @@ async def test_nothing_is_reclaimed_until_redis_has_been_back_for_the_idle_time(
     # because Redis counted the downtime, so it stays a's for the idle time after the outage.
     await b.guard.run(flaky, "a step that met the outage")
     assert await b.consumers.reclaim(stale, 100) == ([], 0)
-    assert await a.ack_many([Success(grant.entry.id, 200, 5, 1, grant.slot)]) == [True]
+    assert await a.ack_many([Success(grant.entry.id, 200, 5, 1, grant.stamp)]) == [True]
 
 
 async def test_a_reader_with_more_unread_keeps_its_entries_out_of_the_index_until_it_has_all(

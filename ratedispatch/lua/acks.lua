@@ -7,22 +7,18 @@
 --
 -- KEYS: stream, results stream, slots (the log)
 -- ARGV: group, me, results maxlen (0: no results), delete acked (1/0), lowest id, highest id,
---       pending bound, window_ms, then (id, http_status, duration_ms, attempts, slot, answered
---       ms ago) for each entry
+--       pending bound, window_ms, then (id, http_status, duration_ms, attempts, stamp of the
+--       take that gave its slot, answered ms ago) for each entry
 -- Returns {1 or 0 for each entry}: recorded, or no longer ours.
 local stream, results, slots = KEYS[1], KEYS[2], KEYS[3]
 local group, me, maxlen = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local answers = {}
-for i = 9, #ARGV, 6 do
-  answers[#answers + 1] = ARGV[i + 4]
-  answers[#answers + 1] = ARGV[i + 5]
-end
-local now = now_ms()
-slots_answered(slots, tonumber(ARGV[8]), answers, now)
 local held = held_by(stream, group, me, ARGV[5], ARGV[6], tonumber(ARGV[7]))
-local ids, done, recorded = {}, {}, {}
+local ids, done, recorded, answers = {}, {}, {}, {}
 for i = 9, #ARGV, 6 do
   local id = ARGV[i]
+  answers[#answers + 1] = id
+  answers[#answers + 1] = ARGV[i + 4]
+  answers[#answers + 1] = ARGV[i + 5]
   if held[id] then
     ids[#ids + 1] = id
     done[#done + 1] = i
@@ -31,6 +27,8 @@ for i = 9, #ARGV, 6 do
     recorded[#recorded + 1] = 0
   end
 end
+local now = now_ms()
+slots_answered(slots, tonumber(ARGV[8]), answers, now)
 if #ids == 0 then return recorded end
 redis.call('XACK', stream, group, unpack(ids))
 if ARGV[4] == '1' then

@@ -9,12 +9,13 @@
 -- KEYS: stream, retry index, results stream, dead-letter stream, slots (the log)
 -- ARGV: group, me, waiting consumer, id, mode, http_status, duration_ms, results maxlen (0: no
 --       results), delete acked (1/0), retry delay ms, index member, reason, last status,
---       attempts, slot ('' : none taken), answered ms ago (-1: no call was made), window_ms
+--       attempts, stamp of the take that gave its slot ('': none taken), answered ms ago (-1:
+--       no call was made), window_ms
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 local stream, retry, results, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, me, waiting, id, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
-slots_answered(KEYS[5], tonumber(ARGV[17]), {ARGV[15], ARGV[16]}, now)
+slots_answered(KEYS[5], tonumber(ARGV[17]), {id, ARGV[15], ARGV[16]}, now)
 
 if not held_by(stream, group, me, id, id, 1)[id] then
   return 0

@@ -116,21 +116,21 @@ local function slots_hold(slots, ids, now, stamp, deadline_ms, window_ms)
   redis.call('ZADD', slots, unpack(scored))
 end
 
--- Calls were answered: `answers` is {member, ago_ms, ...}, the slot of each call and how long
--- ago it was answered.  Each slot is busy for a window from its answer (XX: a slot already
+-- Calls were answered: `answers` is {id, stamp, ago_ms, ...}, the entry of each call, the take
+-- that gave its slot, and how long ago it was answered.  Each slot is busy for a window from its answer (XX: a slot already
 -- freed stays free).  The worker measures ago_ms on its own clock just before sending, so it
 -- is only ever too short, which keeps a slot busy longer, never less.  ago_ms < 0: no call was
--- made (an invalid entry, or one out of attempts), the slot frees at once.  An empty member:
+-- made (an invalid entry, or one out of attempts), the slot frees at once.  An empty stamp:
 -- no slot was taken.  Slots whose time has come are dropped here.
 local function slots_answered(slots, window_ms, answers, now)
   local scored, unused = {}, {}
-  for i = 1, #answers, 2 do
-    local member, ago = answers[i], tonumber(answers[i + 1])
-    if member ~= '' and ago < 0 then
-      unused[#unused + 1] = member
-    elseif member ~= '' then
+  for i = 1, #answers, 3 do
+    local stamp, ago = answers[i + 1], tonumber(answers[i + 2])
+    if stamp ~= '' and ago < 0 then
+      unused[#unused + 1] = slot_member(answers[i], stamp)
+    elseif stamp ~= '' then
       scored[#scored + 1] = now - ago + window_ms
-      scored[#scored + 1] = member
+      scored[#scored + 1] = slot_member(answers[i], stamp)
     end
   end
   if #scored == 0 and #unused == 0 then return end
