@@ -10,8 +10,8 @@ import sys
 
 import anyio
 
-from ratedispatch.httpclient import make_http_client
 from ratedispatch.settings import load_settings
+from ratedispatch.worker.httpclient import make_http_client
 
 
 async def call_all(url: str, count: int, concurrency: int, transport: str) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ratedispatch.audit import Call
+from ratedispatch.devtools.audit import Call
 
 
 @dataclass(frozen=True)

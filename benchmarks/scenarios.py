@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Any, cast
 
-from ratedispatch.audit import Call, fixed_windows
+from ratedispatch.devtools.audit import Call, fixed_windows
 from tests.e2e_support import wait_for
 
 from .report import trailing_counts

@@ -27,7 +27,7 @@ from typing import cast
 import redis as redis_sync
 
 from benchmarks.stack import listening, read_calls
-from ratedispatch.audit import check
+from ratedispatch.devtools.audit import check
 from tests.e2e_support import Workers, wait_for
 from tests.faults.proxy import Proxy
 from tests.redis_server import RedisServer, free_port
@@ -88,7 +88,7 @@ def main() -> int:
     # proxy would see calls late and misplace them between windows.
     api_port, api_log = free_port(), workdir / "api-calls.log"
     api = subprocess.Popen(
-        [sys.executable, "-m", "ratedispatch.mockapi", "--host", "127.0.0.1", "--port",
+        [sys.executable, "-m", "ratedispatch.devtools.mockapi", "--host", "127.0.0.1", "--port",
          str(api_port), "--latency", "0.005", "--log", str(api_log), "--quiet"],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis as redis_sync
 
-from ratedispatch.audit import Call
+from ratedispatch.devtools.audit import Call
 from tests.e2e_support import Workers, wait_for
 from tests.redis_server import RedisServer, free_port
 
@@ -59,8 +59,8 @@ class Stack:
 
     The API is nginx when it is installed (`api="auto"`): its access log is an observer outside
     Python altogether, but its clock is the wall clock in whole milliseconds. Otherwise, or with
-    `api="mock"`, it is `python -m ratedispatch.mockapi`, which records CLOCK_MONOTONIC to the
-    microsecond. `clock()` is the producer-side clock that matches the observer's."""
+    `api="mock"`, it is `python -m ratedispatch.devtools.mockapi`, which records CLOCK_MONOTONIC
+    to the microsecond. `clock()` is the producer-side clock that matches the observer's."""
 
     def __init__(self, workers_env: Mapping[str, str], *, api: str = "auto") -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="ratedispatch-bench-"))
@@ -86,7 +86,7 @@ class Stack:
             conf.write_text(NGINX_CONF.format(workdir=self.workdir, port=self.api_port))
             command = [self.nginx, "-c", str(conf), "-p", str(self.workdir), "-e", "stderr"]
         else:
-            command = [sys.executable, "-m", "ratedispatch.mockapi", "--host", "127.0.0.1",
+            command = [sys.executable, "-m", "ratedispatch.devtools.mockapi", "--host", "127.0.0.1",
                        "--port", str(self.api_port), "--latency", "0", "--quiet",
                        "--log", str(self.api_log)]  # fmt: skip
         self._api = subprocess.Popen(command, stdout=subprocess.DEVNULL)

@@ -1,11 +1,11 @@
 """ratedispatch: a rate-limited task dispatcher for external HTTP APIs, on Redis Streams."""
 
-from .dispatcher import Dispatcher
 from .errors import ConfigError, InvalidTask, RatedispatchError
-from .outcome import Outcome, Verdict
 from .producer import build_entry, enqueue
 from .settings import Settings, load_settings
 from .task import Priority, Task, build_request, parse_entry
+from .worker.dispatcher import Dispatcher
+from .worker.outcome import Outcome, Verdict
 
 __version__ = "0.1.0"
 

@@ -11,13 +11,14 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from . import __version__, admin, logs
+from . import __version__, logs
 from .connection import connect
-from .dead import parse_duration
 from .errors import ConfigError, InvalidTask, RatedispatchError
+from .ops import admin
+from .ops.dead import parse_duration
 from .producer import build_entry, enqueue
-from .service import run_worker
 from .settings import ENV_PREFIX, Settings, load_settings, mask_url
+from .worker.service import run_worker
 
 
 class _Parser(argparse.ArgumentParser):
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo  # fakeredis is only needed here
+    from .devtools.demo import run_demo  # fakeredis is only needed here
 
     if args.tasks < 1 or args.limit < 1 or args.window <= 0 or args.workers < 1:
         raise ConfigError("demo: --tasks, --limit, --workers must be ≥ 1, --window > 0")

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ratedispatch.audit import Call
+from ratedispatch.devtools.audit import Call
 
 
 class ApiServer:

@@ -9,7 +9,7 @@ import httpx
 from redis.asyncio import Redis
 
 from ratedispatch import Dispatcher, Settings, build_entry, enqueue
-from ratedispatch.queue import Queue
+from ratedispatch.queue.queue import Queue
 from ratedispatch.task import Priority
 
 

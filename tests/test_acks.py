@@ -9,8 +9,8 @@ from typing import cast
 import anyio
 import pytest
 
-from ratedispatch.acks import Acker
-from ratedispatch.queue import Queue, Success
+from ratedispatch.queue.queue import Queue, Success
+from ratedispatch.worker.acks import Acker
 
 pytestmark = pytest.mark.anyio
 

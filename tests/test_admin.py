@@ -15,10 +15,10 @@ import redis as redis_sync
 from redis.asyncio import Redis
 
 from ratedispatch.cli import main
-from ratedispatch.dead import DeadLetters, UnknownDeadLetter, parse_duration
 from ratedispatch.keys import Keys
-from ratedispatch.queue import read_stream
-from ratedispatch.status import Status, collect, render
+from ratedispatch.ops.dead import DeadLetters, UnknownDeadLetter, parse_duration
+from ratedispatch.ops.status import Status, collect, render
+from ratedispatch.queue.queue import read_stream
 
 from .conftest import make_settings
 from .helpers import add_tasks, dispatcher_for, index_all

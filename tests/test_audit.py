@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ratedispatch.audit import Call, check, first_window_of, fixed_windows
+from ratedispatch.devtools.audit import Call, check, first_window_of, fixed_windows
 
 
 def calls(*times: float) -> list[Call]:

@@ -155,7 +155,7 @@ def test_compose_brings_up_redis_with_aof_two_workers_and_the_mock_api() -> None
     mock = services["mock-api"]
     assert api.hostname == "mock-api"
     assert str(api.port) == mock["command"][mock["command"].index("--port") + 1]
-    assert mock["entrypoint"] == ["python", "-m", "ratedispatch.mockapi"]
+    assert mock["entrypoint"] == ["python", "-m", "ratedispatch.devtools.mockapi"]
     assert urlsplit(settings.redis_url).hostname == "redis"
     grace = int(worker["stop_grace_period"].removesuffix("s"))
     assert grace > settings.shutdown_grace_seconds
@@ -167,8 +167,8 @@ def test_the_mock_api_answers_counts_storms_and_logs_every_call_at_exit(tmp_path
 
     port, log = free_port(), tmp_path / "calls.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "ratedispatch.mockapi", "--port", str(port), "--host", "127.0.0.1",
-         "--latency", "0", "--log", str(log)],
+        [sys.executable, "-m", "ratedispatch.devtools.mockapi", "--port", str(port),
+         "--host", "127.0.0.1", "--latency", "0", "--log", str(log)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

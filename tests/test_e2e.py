@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 import redis as redis_sync
 
-from ratedispatch.audit import Call, first_window_of, fixed_windows
+from ratedispatch.devtools.audit import Call, first_window_of, fixed_windows
 
 from .e2e_support import ApiServer, wait_for, workers
 from .redis_server import RedisServer

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ratedispatch import Dispatcher, InvalidTask, build_request, parse_entry
-from ratedispatch.queue import read_stream
+from ratedispatch.queue.queue import read_stream
 
 from .conftest import make_settings
 

@@ -8,9 +8,9 @@ import asyncio
 import httpx
 import pytest
 
-from ratedispatch.httpclient import make_http_client
-from ratedispatch.mockapi import Recorder, serve
-from ratedispatch.outcome import Verdict, classify_exception, classify_response
+from ratedispatch.devtools.mockapi import Recorder, serve
+from ratedispatch.worker.httpclient import make_http_client
+from ratedispatch.worker.outcome import Verdict, classify_exception, classify_response
 
 from .conftest import make_settings
 from .redis_server import free_port

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from ratedispatch import Dispatcher
 from ratedispatch.connection import connect
-from ratedispatch.queue import Success, TakeStatus
+from ratedispatch.queue.queue import Success, TakeStatus
 
 from .conftest import API, make_settings
 from .helpers import add_tasks, dispatcher_for, eventually, index_all

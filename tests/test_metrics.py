@@ -10,8 +10,8 @@ import pytest
 import respx
 from redis.asyncio import Redis
 
-from ratedispatch.metrics import Metrics, MetricsServer
-from ratedispatch.status import collect
+from ratedispatch.ops.status import collect
+from ratedispatch.worker.metrics import Metrics, MetricsServer
 
 from .conftest import API, make_settings
 from .helpers import add_tasks, dispatcher_for, index_all

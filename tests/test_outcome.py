@@ -7,7 +7,7 @@ import random
 import httpx
 import pytest
 
-from ratedispatch.outcome import (
+from ratedispatch.worker.outcome import (
     MAX_RETRY_AFTER_SECONDS,
     Verdict,
     backoff,

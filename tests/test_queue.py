@@ -10,7 +10,7 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ratedispatch.queue import Entry, Queue, Success, TakeStatus, read_stream
+from ratedispatch.queue.queue import Entry, Queue, Success, TakeStatus, read_stream
 from ratedispatch.task import Task, parse_entry
 
 from .conftest import make_settings
@@ -54,7 +54,7 @@ async def test_two_workers_never_take_the_same_entry(redis: Redis) -> None:
     taken: list[str] = []
 
     async def drain(queue: object) -> None:
-        from ratedispatch.queue import Queue
+        from ratedispatch.queue.queue import Queue
 
         assert isinstance(queue, Queue)
         while (take := await queue.take(3)).status is TakeStatus.GRANTED:

@@ -18,10 +18,10 @@ from redis.exceptions import NoPermissionError
 from ratedispatch import Dispatcher
 from ratedispatch.cli import main
 from ratedispatch.connection import connect
-from ratedispatch.dead import DeadLetters
 from ratedispatch.keys import Keys
-from ratedispatch.queue import read_stream
-from ratedispatch.status import collect, render
+from ratedispatch.ops.dead import DeadLetters
+from ratedispatch.ops.status import collect, render
+from ratedispatch.queue.queue import read_stream
 
 from .conftest import API, _require_redis_server, make_settings
 from .helpers import add_tasks, eventually

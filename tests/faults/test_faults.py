@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 import redis as redis_sync
 
-from ratedispatch.audit import Report, check, fixed_windows
+from ratedispatch.devtools.audit import Report, check, fixed_windows
 
 from ..e2e_support import ApiServer, Workers, wait_for, workers
 from ..redis_server import RedisServer

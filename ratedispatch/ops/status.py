@@ -9,10 +9,10 @@ from typing import Any
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from .keys import Keys
-from .limiter import Limiter
-from .settings import Settings
-from .task import Priority
+from ..keys import Keys
+from ..limits.window import Limiter
+from ..settings import Settings
+from ..task import Priority
 
 
 def _text(value: Any) -> str:

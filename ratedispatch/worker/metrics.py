@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from .status import Status
+from ..ops.status import Status
 
 CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 WAIT_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from .settings import Settings
+from ..settings import Settings
 
 
 def make_transport(settings: Settings) -> httpx.AsyncBaseTransport:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import anyio
 
-from .queue import ACK_BATCH, Queue, Success
+from ..queue.queue import ACK_BATCH, Queue, Success
 
 # A batch waits this long for more successes, unless it already has LINGER_UNTIL of them. The
 # calls wait with it (a slot is held until its outcome is recorded): measured, 0.3 ms gives

@@ -18,16 +18,16 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.asyncio import Redis
 
-from .calls import Caller
-from .connection import RedisGuard
-from .consumers import Consumers
-from .errors import InvalidTask
-from .keys import Keys
-from .limiter import Limiter
-from .metrics import Metrics
-from .queue import Entry, Grant, Queue, TakeStatus
-from .settings import Settings
-from .task import Task, parse_entry
+from ..connection import RedisGuard
+from ..errors import InvalidTask
+from ..keys import Keys
+from ..limits.window import Limiter
+from ..queue.consumers import Consumers
+from ..queue.queue import Entry, Grant, Queue, TakeStatus
+from ..settings import Settings
+from ..task import Task, parse_entry
+from ..worker.calls import Caller
+from ..worker.metrics import Metrics
 
 log = logging.getLogger("ratedispatch.worker")
 

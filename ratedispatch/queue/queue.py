@@ -18,12 +18,12 @@ from typing import Any
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from . import _lua
-from .connection import RedisGuard
-from .errors import ConfigError
-from .keys import Keys
-from .limiter import Limiter
-from .task import Priority, Task
+from .. import scripts as _lua
+from ..connection import RedisGuard
+from ..errors import ConfigError
+from ..keys import Keys
+from ..limits.window import Limiter
+from ..task import Priority, Task
 
 log = logging.getLogger("ratedispatch.worker")
 

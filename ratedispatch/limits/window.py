@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from . import _lua
-from .keys import Keys
-from .settings import Settings
+from .. import scripts as _lua
+from ..keys import Keys
+from ..settings import Settings
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,11 @@ import anyio
 import fakeredis
 import httpx
 
-from .audit import Call, fixed_windows
-from .dispatcher import Dispatcher
-from .producer import build_entry, enqueue
-from .queue import read_stream
-from .settings import Settings
+from ..devtools.audit import Call, fixed_windows
+from ..producer import build_entry, enqueue
+from ..queue.queue import read_stream
+from ..settings import Settings
+from ..worker.dispatcher import Dispatcher
 
 PRIORITIES = ("high", "normal", "low")
 # How late, as a share of the window, the mock API may see a call after its slot was taken.

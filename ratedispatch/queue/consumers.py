@@ -7,10 +7,10 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from . import _lua
-from .connection import RedisGuard
-from .keys import Keys
-from .queue import Entry, as_text, field_map
+from .. import scripts as _lua
+from ..connection import RedisGuard
+from ..keys import Keys
+from ..queue.queue import Entry, as_text, field_map
 
 
 class Consumers:

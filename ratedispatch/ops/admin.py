@@ -11,11 +11,11 @@ from typing import TextIO
 import anyio
 from redis.asyncio import Redis
 
-from . import status as status_mod
-from .dead import DeadLetter, DeadLetters, UnknownDeadLetter
-from .errors import ConfigError
-from .keys import Keys
-from .settings import Settings
+from ..errors import ConfigError
+from ..keys import Keys
+from ..ops import status as status_mod
+from ..ops.dead import DeadLetter, DeadLetters, UnknownDeadLetter
+from ..settings import Settings
 
 CLEAR = "\x1b[H\x1b[J"
 

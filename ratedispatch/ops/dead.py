@@ -9,10 +9,10 @@ from typing import Any
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from . import _lua
-from .errors import RatedispatchError
-from .keys import Keys
-from .queue import Entry, read_stream
+from .. import scripts as _lua
+from ..errors import RatedispatchError
+from ..keys import Keys
+from ..queue.queue import Entry, read_stream
 
 ADDED_FIELDS = ("original_id", "reason", "attempts", "last_status", "failed_at")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

@@ -10,15 +10,15 @@ from typing import Any
 import anyio
 import httpx
 
-from .acks import Acker
-from .connection import RedisGuard
-from .errors import InvalidTask
-from .limiter import Limiter
-from .metrics import Metrics
-from .outcome import Outcome, Verdict, classify_exception, classify_response, retry_delay
-from .queue import Grant, Queue, Success
-from .settings import Settings
-from .task import build_request, parse_entry
+from ..connection import RedisGuard
+from ..errors import InvalidTask
+from ..limits.window import Limiter
+from ..queue.queue import Grant, Queue, Success
+from ..settings import Settings
+from ..task import build_request, parse_entry
+from ..worker.acks import Acker
+from ..worker.metrics import Metrics
+from ..worker.outcome import Outcome, Verdict, classify_exception, classify_response, retry_delay
 
 log = logging.getLogger("ratedispatch.worker")
 

@@ -9,12 +9,12 @@ import anyio
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from . import status
-from .connection import connect, socket_timeout_for
-from .dispatcher import Dispatcher
-from .httpclient import make_http_client, make_transport
-from .metrics import Metrics, MetricsServer
-from .settings import Settings
+from ..connection import connect, socket_timeout_for
+from ..ops import status
+from ..settings import Settings
+from ..worker.dispatcher import Dispatcher
+from ..worker.httpclient import make_http_client, make_transport
+from ..worker.metrics import Metrics, MetricsServer
 
 log = logging.getLogger("ratedispatch")
 GAUGE_REFRESH_SECONDS = 5.0
