@@ -34,9 +34,10 @@ HARNESS_COMMANDS = ("xlen", "info", "config|resetstat")
 NGINX_CONF = """
 daemon off;
 master_process off;
+worker_rlimit_nofile {files};
 error_log {workdir}/nginx-error.log warn;
 pid {workdir}/nginx.pid;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     log_format calls '$msec $http_idempotency_key $arg_prio $status';
     access_log {workdir}/calls.log calls buffer=1m flush=5s;
@@ -74,6 +75,9 @@ class Stack:
         self.workers: Workers | None = None
         self.client: redis_sync.Redis | None = None
 
+    def _concurrency(self) -> int:
+        return int(self._env.get("RATEDISPATCH_CONCURRENCY", "16"))
+
     @property
     def api_name(self) -> str:
         return "nginx" if self.nginx else "mockapi"
@@ -83,7 +87,16 @@ class Stack:
         self.client = redis_sync.Redis.from_url(self.redis_server.url)
         if self.nginx:
             conf = self.workdir / "nginx.conf"
-            conf.write_text(NGINX_CONF.format(workdir=self.workdir, port=self.api_port))
+            # A connection per call in flight, for every worker.
+            connections = max(4096, 2 * self._concurrency())
+            conf.write_text(
+                NGINX_CONF.format(
+                    workdir=self.workdir,
+                    port=self.api_port,
+                    connections=connections,
+                    files=2 * connections + 64,
+                )
+            )
             command = [self.nginx, "-c", str(conf), "-p", str(self.workdir), "-e", "stderr"]
         else:
             command = [sys.executable, "-m", "ratedispatch.devtools.mockapi", "--host", "127.0.0.1",

@@ -1,5 +1,7 @@
 """ratedispatch: a rate-limited task dispatcher for external HTTP APIs, on Redis Streams."""
 
+from importlib.metadata import version
+
 from .errors import ConfigError, InvalidTask, RatedispatchError
 from .producer import build_entry, enqueue
 from .settings import Settings, load_settings
@@ -7,7 +9,8 @@ from .task import Priority, Task, build_request, parse_entry
 from .worker.dispatcher import Dispatcher
 from .worker.outcome import Outcome, Verdict
 
-__version__ = "0.1.0"
+# The version lives in pyproject.toml alone; the installed metadata carries it here.
+__version__ = version("ratedispatch")
 
 __all__ = [
     "ConfigError",

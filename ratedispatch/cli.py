@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from importlib.metadata import version
+from typing import Any, NoReturn, get_args
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
+from pydantic import SecretStr
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from . import __version__, logs
+from . import logs
 from .connection import connect
 from .errors import ConfigError, InvalidTask, RatedispatchError
 from .ops import admin
@@ -20,17 +25,53 @@ from .producer import build_entry, enqueue
 from .settings import ENV_PREFIX, Settings, load_settings, mask_url
 from .worker.service import run_worker
 
+# The settings each command reads, and so the only ones it shows and takes as flags (the rest
+# may still sit in the environment or `.env`, shared with the workers). tests/test_cli_settings.py
+# runs each command and checks that it reads no other setting and every one of these.
+_LOG = ("log_level", "log_format")
+COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "enqueue": ("redis_url", "stream", "max_body_bytes", *_LOG),
+    "status": (
+        "redis_url", "stream", "group", "rate_key", "rate_limit", "rate_window_seconds",
+        "http_timeout_seconds", "reclaim_idle_seconds", "dead_letter_stream", "results_stream",
+        *_LOG,
+    ),
+    "dead list": ("redis_url", "dead_letter_stream", *_LOG),
+    "dead requeue": ("redis_url", "dead_letter_stream", "stream", *_LOG),
+    "dead purge": ("redis_url", "dead_letter_stream", *_LOG),
+}  # fmt: skip
+
+
+def is_secret(name: str) -> bool:
+    """A setting kept off the command line (`ps` and shell histories show it): API_TOKEN."""
+    annotation = Settings.model_fields[name].annotation
+    return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
+def settings_of(command: str) -> tuple[str, ...]:
+    """The settings `command` ("worker", "enqueue", "dead list"…) takes as flags."""
+    if command == "worker":
+        return tuple(name for name in Settings.model_fields if not is_secret(name))
+    return COMMAND_SETTINGS[command]
+
+
+# Settings that are URLs: a password in one is a secret on the command line.
+_URL_SETTINGS = ("redis_url", "api_base_url")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"ratedispatch: {message} (see --help)\n")
 
 
-def _setting_flags() -> _Parser:
-    """`--rate-limit 5` etc. for every setting: flags override the environment and `.env`."""
+def _setting_flags(command: str) -> _Parser:
+    """`--rate-limit 5` etc. for the settings `command` reads: flags override the environment
+    and `.env`. Secrets have no flag."""
     parent = _Parser(add_help=False)
-    group = parent.add_argument_group("settings (override RATEDISPATCH_* variables)")
-    for name in Settings.model_fields:
+    group = parent.add_argument_group(
+        "settings (override RATEDISPATCH_* variables; secrets only from the environment or .env)"
+    )
+    for name in settings_of(command):
         flag = "--" + name.replace("_", "-")
         group.add_argument(
             flag, dest=f"setting_{name}", metavar="VALUE", help=f"{ENV_PREFIX}{name.upper()}"
@@ -39,13 +80,15 @@ def _setting_flags() -> _Parser:
 
 
 def _parser() -> argparse.ArgumentParser:
-    settings = _setting_flags()
     parser = _Parser(prog="ratedispatch", description="Rate-limited dispatcher for HTTP APIs.")
-    parser.add_argument("--version", action="version", version=f"ratedispatch {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"ratedispatch {version('ratedispatch')}"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("worker", parents=[settings], help="run a worker (the service)")
+    sub.add_parser("worker", parents=[_setting_flags("worker")], help="run a worker (the service)")
 
-    enq = sub.add_parser("enqueue", parents=[settings], help="add a task; prints its entry id")
+    enq = sub.add_parser("enqueue", parents=[_setting_flags("enqueue")],
+                         help="add a task; prints its entry id")  # fmt: skip
     enq.add_argument("endpoint", help="path under the API base URL, e.g. /profile")
     enq.add_argument("--method", help="GET (default), POST, PUT, PATCH or DELETE")
     enq.add_argument("--priority", help="high, normal (default) or low")
@@ -56,20 +99,26 @@ def _parser() -> argparse.ArgumentParser:
                      help="an extra request header; repeatable")  # fmt: skip
     enq.add_argument("--idempotency-key", help="defaults to the entry id")
 
-    status = sub.add_parser("status", parents=[settings], help="backlog, window, consumers")
+    status = sub.add_parser("status", parents=[_setting_flags("status")],
+                            help="backlog, window, consumers")  # fmt: skip
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.add_argument("--watch", action="store_true", help="refresh every second")
 
     dead = sub.add_parser("dead", help="list, requeue or purge dead letters")
     dead_sub = dead.add_subparsers(dest="dead_command", required=True, parser_class=_Parser)
-    dead_list = dead_sub.add_parser("list", parents=[settings], help="the oldest dead letters")
-    dead_list.add_argument("--count", type=int, default=20, help="how many (default 20)")
+    dead_list = dead_sub.add_parser("list", parents=[_setting_flags("dead list")],
+                                    help="the oldest dead letters")  # fmt: skip
+    dead_list.add_argument("--count", type=int, help="how many (default 20)")
+    dead_list.add_argument("--all", action="store_true", help="every dead letter")
     dead_list.add_argument("--json", action="store_true", help="a JSON array")
-    requeue = dead_sub.add_parser("requeue", parents=[settings],
+    requeue = dead_sub.add_parser("requeue", parents=[_setting_flags("dead requeue")],
                                   help="put dead letters back on the task stream")  # fmt: skip
     requeue.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids")
     requeue.add_argument("--all", action="store_true", help="every dead letter")
-    purge = dead_sub.add_parser("purge", parents=[settings], help="delete dead letters")
+    requeue.add_argument("--verbose", action="store_true",
+                         help="print each requeued id and its new id")  # fmt: skip
+    purge = dead_sub.add_parser("purge", parents=[_setting_flags("dead purge")],
+                                help="delete dead letters")  # fmt: skip
     purge.add_argument("--older-than", metavar="DURATION", help="e.g. 7d, 12h, 30m, 90s")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
@@ -79,6 +128,39 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--window", type=float, default=1.0, help="window seconds (default 1)")
     demo.add_argument("--workers", type=int, default=3, help="workers sharing the limit")
     return parser
+
+
+def _refuse(parser: argparse.ArgumentParser, extras: Sequence[str]) -> NoReturn:
+    """Unknown arguments; a secret's flag gets its own answer, without its value."""
+    for name in Settings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        if is_secret(name) and any(a == flag or a.startswith(f"{flag}=") for a in extras):
+            parser.error(
+                f"{flag} is not accepted (`ps` and shell history show command lines): "
+                f"set {ENV_PREFIX}{name.upper()} in the environment or .env"
+            )
+    parser.error(f"unrecognized arguments: {' '.join(extras)}")
+
+
+def _refuse_passwords(args: argparse.Namespace) -> None:
+    """A URL flag with a password in it is refused, without repeating the URL."""
+    for name in _URL_SETTINGS:
+        value = getattr(args, f"setting_{name}", None)
+        if value is not None and _has_password(value):
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must not carry a password (`ps` and shell history "
+                f"show command lines): set {ENV_PREFIX}{name.upper()} in the environment or .env"
+            )
+
+
+def _has_password(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed URL: the settings refuse it, masked
+        return False
+    # redis-py also takes `?password=…` (and a value for any other field) from the query.
+    return password is not None or "password" in parse_qs(parts.query)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,10 +179,14 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _refuse(parser, extras)
     try:
         if args.command == "demo":
             return _demo(args)
+        _refuse_passwords(args)
         settings = load_settings(**_overrides(args))
         logs.configure(settings.log_level, settings.log_format)
         if args.command == "worker":
@@ -138,6 +224,12 @@ def _with_redis(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         return anyio.run(run)
+    except BrokenPipeError:
+        # The reader went away (`dead list --all | head`): stop, quietly. Python flushes stdout
+        # again at exit; pointed at /dev/null, that flush cannot fail as well.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (rexc.RedisError, OSError) as exc:
         print(f"ratedispatch: Redis at {mask_url(settings.redis_url)}: {exc}", file=sys.stderr)
         return 1
@@ -177,19 +269,25 @@ def _command(settings: Settings, args: argparse.Namespace) -> Callable[[Redis], 
             return 0
 
         return do_status
+    err = sys.stderr
     if args.dead_command == "list":
-        if args.count < 1:
+        if args.all and args.count is not None:
+            raise ConfigError("dead list: give --count or --all, not both")
+        if args.count is not None and args.count < 1:
             raise ConfigError("dead list: --count must be at least 1")
-        return lambda redis: _zero(admin.list_dead(redis, settings, args.count, args.json, out))
+        count = None if args.all else (args.count or 20)
+        return lambda redis: _zero(admin.list_dead(redis, settings, count, args.json, out, err=err))
     if args.dead_command == "requeue":
         if bool(args.ids) == args.all:
             raise ConfigError("dead requeue: give dead-letter ids, or --all (not both)")
-        return lambda redis: admin.requeue_dead(redis, settings, args.ids, out)
+        return lambda redis: admin.requeue_dead(
+            redis, settings, args.ids, out, err=err, verbose=args.verbose
+        )
     try:
         older = parse_duration(args.older_than) if args.older_than else None
     except ValueError as exc:
         raise ConfigError(f"dead purge: {exc}") from None
-    return lambda redis: admin.purge_dead(redis, settings, older, args.yes, admin.ask, out)
+    return lambda redis: admin.purge_dead(redis, settings, older, args.yes, admin.ask, out, err=err)
 
 
 async def _zero(action: Awaitable[None]) -> int:

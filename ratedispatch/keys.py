@@ -17,11 +17,13 @@ class Keys:
     stream: str
     group: str
     rate: str
-    slots: str  # sorted set: the slot log beside the counter (lua/window.lua)
+    slots: str  # sorted set: the slot log beside the counter (limits/slot_log.lua)
     dead: str
     results: str | None  # None: results are disabled
-    deferred: str  # sorted set: tasks waiting for a slot, by priority then id
-    retry: str  # sorted set: tasks waiting for their backoff, by due time (Redis ms)
+    # The priority index: a sorted set of the tasks waiting for a slot, by priority then id.
+    # Its key ends in `deferred`, the name it has had since the first release.
+    index: str
+    retry: str  # the retry index: tasks waiting out their backoff, by due time (Redis ms)
     waiting_consumer: str  # the group consumer that holds every indexed entry
 
     @classmethod
@@ -36,7 +38,7 @@ class Keys:
             slots=f"{settings.rate_key}:slots",
             dead=settings.dead_letter_stream,
             results=settings.results_stream or None,
-            deferred=f"{prefix}deferred",
+            index=f"{prefix}deferred",
             retry=f"{prefix}retry",
             waiting_consumer="ratedispatch:waiting",
         )

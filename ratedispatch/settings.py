@@ -20,10 +20,17 @@ def _default_consumer() -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced, safe for logs and error lines."""
+    """The URL with any password replaced, safe for logs and error lines: the one before the
+    host, and a `password=` in the query (redis-py reads that too)."""
     parts = urlsplit(url)
+    if parts.query:
+        query = "&".join(
+            "password=***" if pair.lower().startswith("password=") else pair
+            for pair in parts.query.split("&")
+        )
+        parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     user = parts.username or ""
     host = parts.hostname or ""
     if parts.port is not None:
@@ -32,7 +39,7 @@ def mask_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    """The configuration of a worker and of the CLI (contract section 5)."""
+    """The configuration of a worker and of the CLI (docs/reference.md, Settings)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -47,7 +54,9 @@ class Settings(BaseSettings):
     group: str = Field("api-workers", min_length=1)
     consumer: str = Field(default_factory=_default_consumer, min_length=1)
     rate_key: str = Field("rate:external:api", min_length=1)
-    rate_limit: int = Field(100, ge=1)
+    # A take grants up to CONCURRENCY at once, each call needs a connection, and the slot log
+    # holds a member per slot: the bounds are what is tested, not what Redis could hold.
+    rate_limit: int = Field(100, ge=1, le=1_000_000)
     rate_window_seconds: float = Field(60.0, gt=0)
     api_base_url: str | None = None
     api_token: SecretStr | None = None
@@ -65,7 +74,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     shutdown_grace_seconds: float = Field(30.0, ge=0)
-    # Additions to the contract's table (README, CHANGELOG): the retry schedule and the bound
+    # Beyond the first release's table (docs/reference.md): the retry schedule and the bound
     # of the priority index, past which the stream itself holds the backlog.
     retry_backoff_seconds: float = Field(1.0, gt=0)
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
@@ -129,7 +138,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "***"
-            elif name == "redis_url":
+            elif name in ("redis_url", "api_base_url") and value is not None:
                 value = mask_url(value)
             shown[name] = value
         return shown

@@ -39,6 +39,16 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Control characters and whitespace: never valid in a path, and CR/LF would split a request.
 _UNSAFE_IN_PATH = re.compile(r"[\x00-\x20\x7f]")
 _UNSAFE_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# A server or proxy may percent-decode a path once or more before resolving '.' and '..',
+# so a path is judged as it reads once no decoding changes it. Each decoding that changes
+# anything shortens the path, but a hostile '%252525…' would take thousands of rounds: past
+# this many, the endpoint is refused rather than decoded further.
+MAX_PERCENT_DECODINGS = 4
+# Once decoded, '\' separates segments too (IIS, and proxies that normalise it to '/'). The
+# part of a segment before ';', '?' or '#' is what servers resolve: Tomcat and Jetty drop
+# ';params' (so '..;' is '..'), and a proxy that decodes '%3F' or '%23' ends the path there.
+_SEPARATOR = re.compile(r"[/\\]")
+_SEGMENT_END = re.compile(r"[;?#]")
 
 
 class Priority(enum.IntEnum):
@@ -107,15 +117,43 @@ def check_endpoint(endpoint: str) -> str:
         raise InvalidTask(f"endpoint {endpoint[:200]!r} contains whitespace or a control character")
     if "#" in endpoint:
         raise InvalidTask(f"endpoint {endpoint[:200]!r} contains a fragment ('#')")
-    path = endpoint.split("?", 1)[0]
-    for segment in path.split("/"):
-        decoded = unquote(segment)
-        if decoded in (".", "..") or "\\" in decoded or _UNSAFE_IN_PATH.search(decoded):
+    decoded = _fully_decoded(endpoint.split("?", 1)[0], endpoint)
+    for segment in _SEPARATOR.split(decoded):
+        resolved = _SEGMENT_END.split(segment, 1)[0]
+        if resolved in (".", ".."):
             raise InvalidTask(
-                f"endpoint {endpoint[:200]!r} has a '.', '..' or encoded control segment, "
-                "which could leave the API's base path"
+                f"endpoint {endpoint[:200]!r} has a {resolved!r} segment once percent-decoded "
+                f"({decoded[:200]!r}), which a server that decodes it would follow out of the "
+                "API base path: resolve the path before enqueueing (/a/b, not /a/x/../b)"
             )
+    if "\\" in decoded:
+        raise InvalidTask(
+            f"endpoint {endpoint[:200]!r} has an encoded backslash ('%5C'), which some servers "
+            "read as '/', so it can hide a '..' segment: use '/' between segments"
+        )
+    if _UNSAFE_IN_PATH.search(decoded):
+        raise InvalidTask(
+            f"endpoint {endpoint[:200]!r} has an encoded space or control character "
+            "('%20', '%0A'…), which a server that decodes it may read as the end of the path "
+            "or of the request line: remove it"
+        )
     return endpoint
+
+
+def _fully_decoded(path: str, endpoint: str) -> str:
+    """The path percent-decoded until it no longer changes, within MAX_PERCENT_DECODINGS."""
+    for _ in range(MAX_PERCENT_DECODINGS):
+        decoded = unquote(path)
+        if decoded == path:
+            return path
+        path = decoded
+    if unquote(path) != path:
+        raise InvalidTask(
+            f"endpoint {endpoint[:200]!r} is still percent-encoded after "
+            f"{MAX_PERCENT_DECODINGS} decodings ('%25' nested that deep): "
+            "encode the path once, with a literal '%' written as '%25'"
+        )
+    return path
 
 
 def parse_headers(text: str) -> tuple[tuple[str, str], ...]:
@@ -167,7 +205,8 @@ def parse_entry(
     *,
     max_body_bytes: int = 1_048_576,
 ) -> Task:
-    """Validate one stream entry (contract section 2); raises InvalidTask with the reason."""
+    """Validate one stream entry (docs/reference.md, Entry fields); raises InvalidTask with the
+    reason."""
     if len(fields) > MAX_FIELDS:
         raise InvalidTask(f"the entry has {len(fields)} fields; at most {MAX_FIELDS} are accepted")
     values: dict[str, str] = {}

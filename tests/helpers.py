@@ -9,8 +9,11 @@ import httpx
 from redis.asyncio import Redis
 
 from ratedispatch import Dispatcher, Settings, build_entry, enqueue
-from ratedispatch.queue.queue import Queue
-from ratedispatch.task import Priority
+from ratedispatch.guard import RedisGuard
+from ratedispatch.keys import Keys
+from ratedispatch.limits.window import Limiter
+from ratedispatch.queue import Consumers, Queue
+from ratedispatch.task import Priority, parse_entry
 
 
 async def eventually(
@@ -22,6 +25,27 @@ async def eventually(
             await anyio.sleep(0.02)
         return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def limiter_for(settings: Settings, redis: Redis) -> Limiter:
+    return Limiter.from_settings(redis, Keys.from_settings(settings), settings)
+
+
+def queue_for(settings: Settings, redis: Redis) -> Queue:
+    """One consumer's Queue, as a worker makes it, without the worker around it: its guard
+    creates the group when Redis says there is none (NOGROUP), as a worker's does."""
+
+    async def create_group() -> None:
+        await queue.ensure_group()
+
+    guard = RedisGuard(settings.redis_url, on_nogroup=create_group)
+    queue = Queue.from_settings(redis, settings, limiter_for(settings, redis), guard)
+    return queue
+
+
+def consumers_for(settings: Settings, redis: Redis, guard: RedisGuard | None = None) -> Consumers:
+    guard = guard or RedisGuard(settings.redis_url)
+    return Consumers(redis, Keys.from_settings(settings), settings.consumer, guard)
 
 
 def dispatcher_for(
@@ -42,12 +66,18 @@ async def add_tasks(
 
 async def index_all(queue: Queue) -> int:
     """Read everything new and put it in the priority index, as a worker's reader does."""
-    entries = await queue.read_new(1000, 0)
-    from ratedispatch.task import parse_entry
-
-    items = [(e, parse_entry(e.id, e.fields)) for e in entries]
-    await queue.take(0, items)  # no slot wanted: every entry goes into the index
-    return await queue.waiting()
+    while entries := await queue.read_new(1000, 0):
+        await queue.index([(e, parse_entry(e.id, e.fields)) for e in entries])
+    return await queue.index_size()
 
 
-__all__ = ["Priority", "add_tasks", "dispatcher_for", "eventually", "index_all"]
+__all__ = [
+    "Priority",
+    "add_tasks",
+    "consumers_for",
+    "dispatcher_for",
+    "eventually",
+    "index_all",
+    "limiter_for",
+    "queue_for",
+]

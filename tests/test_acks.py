@@ -9,7 +9,7 @@ from typing import cast
 import anyio
 import pytest
 
-from ratedispatch.queue.queue import Queue, Success
+from ratedispatch.queue import Queue, Success
 from ratedispatch.worker.acks import Acker
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ from ratedispatch.cli import main
 from ratedispatch.keys import Keys
 from ratedispatch.ops.dead import DeadLetters, UnknownDeadLetter, parse_duration
 from ratedispatch.ops.status import Status, collect, render
-from ratedispatch.queue.queue import read_stream
+from ratedispatch.queue import read_stream
 
 from .conftest import make_settings
 from .helpers import add_tasks, dispatcher_for, index_all
@@ -151,7 +151,8 @@ def test_cli_dead_list_requeue_and_purge(
     assert main(["dead", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed[0]["id"] == first and listed[0]["fields"]["endpoint"] == "/a"
-    assert main(["dead", "requeue", first, "99-1"]) == 1  # one unknown id: exit 1, the other done
+    # one unknown id: exit 1, the other done (--verbose: a line per id, not just the summary)
+    assert main(["dead", "requeue", first, "99-1", "--verbose"]) == 1
     captured = capsys.readouterr()
     assert f"requeued {first} as " in captured.out and "no dead letter with id 99-1" in captured.err
     assert cli_env.xlen("external:api:tasks:stream") == 1
@@ -168,8 +169,9 @@ def test_cli_commands_with_redis_unreachable_exit_1_with_one_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     url = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    monkeypatch.setenv("RATEDISPATCH_REDIS_URL", url)  # a password is never a flag
     for args in (["status"], ["dead", "list"], ["dead", "requeue", "--all"]):
-        assert main([*args, "--redis-url", url]) == 1
+        assert main(args) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "redis://:***@127.0.0.1" in err, err
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from ratedispatch import Dispatcher, Settings
 from ratedispatch.devtools.audit import Call, fixed_windows
-from ratedispatch.queue.queue import read_stream
+from ratedispatch.queue import read_stream
 
 from .conftest import API, make_settings, read_block_ms
 from .helpers import add_tasks, eventually

@@ -4,7 +4,9 @@ outside the configured base URL (SSRF), and never put CR/LF into a header."""
 from __future__ import annotations
 
 import json
+import re
 import time
+from urllib.parse import unquote
 
 import anyio
 import fakeredis
@@ -14,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ratedispatch import Dispatcher, InvalidTask, build_request, parse_entry
-from ratedispatch.queue.queue import read_stream
+from ratedispatch.queue import read_stream
 
 from .conftest import make_settings
 
 BASE = "https://api.example.com/v1"
+BASE_PATH = "/v1/"
 FIELDS = ("endpoint", "method", "priority", "body", "headers", "idempotency_key")
 
 text_values = st.one_of(
@@ -41,11 +44,33 @@ attacks = st.sampled_from(
      "http://evil.example/", "https:evil.example", "/@evil.example", "/x?u=http://evil/",
      "/a\tb", "/a\x7fb", "/%0d%0aX:y", "/\u2028", "//", "/./", "/ok"]
 )  # fmt: skip
-endpoints = st.one_of(attacks, st.builds(lambda s: "/" + s, st.text(max_size=40)), st.text())
+# Paths built from separators and dots, plain and percent-encoded once, twice or half-way
+# ('%25' then '2e'), so that decoding can make a '.' or '..' segment the raw path does not have.
+path_pieces = st.sampled_from(
+    ["a", "b", ".", "..", "/", "%2f", "%2F", "%5c", "%5C", "%2e", "%2E", "%252e", "%252E",
+     "%252f", "%25252e", "%25", "%", "2e", "2E", "2f", "5c", "25", ";", "%3b", "%3f", "%23",
+     "?", "%20", "%0a"]
+)  # fmt: skip
+encoded_paths = st.lists(path_pieces, max_size=12).map(lambda pieces: "/" + "".join(pieces))
+endpoints = st.one_of(
+    attacks, encoded_paths, st.builds(lambda s: "/" + s, st.text(max_size=40)), st.text()
+)
 
 
 def _merge(base: dict[bytes, bytes], extra: dict[bytes, bytes]) -> dict[bytes, bytes]:
     return {**extra, **base}
+
+
+def _stays_under_the_base_path(url: httpx.URL) -> bool:
+    """Whether the path a server would resolve (decoded to the end, split at '/' and '\\', each
+    segment cut at ';', '?' or '#') is under the base path and has no '.' or '..' segment."""
+    path = url.raw_path.split(b"?", 1)[0].decode("ascii")
+    for _ in range(100):  # generated paths are short: this is decoding to the end
+        path, previous = unquote(path), path
+        if path == previous:
+            break
+    resolved = (re.split(r"[;?#]", segment, maxsplit=1)[0] for segment in re.split(r"[/\\]", path))
+    return path.startswith(BASE_PATH) and not any(s in (".", "..") for s in resolved)
 
 
 # Mostly well-formed entries with one hostile part, so the hostile part is what gets tested.
@@ -86,9 +111,26 @@ def test_any_entry_is_a_task_or_a_reason_and_a_task_stays_under_the_base_url(
         return
     assert str(request.url).startswith(BASE + "/")
     assert request.url.host == "api.example.com"
+    assert _stays_under_the_base_path(request.url), request.url
     for name, value in request.headers.raw:
         assert b"\r" not in name + value and b"\n" not in name + value
     assert request.headers["Authorization"] == "Bearer t"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(encoded_paths)
+def test_an_accepted_endpoint_decodes_to_no_dot_segment_and_stays_under_the_base_path(
+    endpoint: str,
+) -> None:
+    try:
+        request = build_request(parse_entry("1-1", {"endpoint": endpoint}), BASE)
+    except InvalidTask as exc:
+        reason = exc.reason
+        request = None
+    if request is None:
+        assert reason  # a sentence, never empty
+        return
+    assert _stays_under_the_base_path(request.url), request.url
 
 
 @settings(max_examples=300, deadline=None)
@@ -141,4 +183,5 @@ async def _run_worker_on(batch: list[dict[bytes, bytes]]) -> None:
     assert len(results) == len(batch)
     assert (await redis.xpending(config.stream, config.group))["pending"] == 0
     assert all(url.startswith(BASE + "/") for url in urls), urls
+    assert all(_stays_under_the_base_path(httpx.URL(url)) for url in urls), urls
     assert len(urls) == sum(1 for r in results if r.fields[b"status"] == b"ok")

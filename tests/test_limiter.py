@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 
 from ratedispatch import Dispatcher
 from ratedispatch.connection import connect
-from ratedispatch.queue.queue import Success, TakeStatus
+from ratedispatch.queue import Success, TakeStatus
 
 from .conftest import API, make_settings
-from .helpers import add_tasks, dispatcher_for, eventually, index_all
+from .helpers import add_tasks, eventually, index_all, limiter_for, queue_for
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_takes_up_to_the_limit_then_refuses_with_the_windows_pttl(redis: Redis) -> None:
     settings = make_settings(rate_limit=3, rate_window_seconds=5)
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     await add_tasks(redis, settings, *["normal"] * 5)
     await index_all(queue)
     first = await queue.take(10)
@@ -40,7 +40,7 @@ async def test_takes_up_to_the_limit_then_refuses_with_the_windows_pttl(redis: R
 
 async def test_window_reopens_when_redis_expires_the_counter(redis: Redis) -> None:
     settings = make_settings(rate_limit=2, rate_window_seconds=0.2)
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     await add_tasks(redis, settings, *["normal"] * 4)
     await index_all(queue)
     assert len((await queue.take(10)).grants) == 2
@@ -53,7 +53,7 @@ async def test_window_reopens_when_redis_expires_the_counter(redis: Redis) -> No
 
 async def test_a_counter_without_ttl_is_repaired_not_left_to_block_forever(redis: Redis) -> None:
     settings = make_settings(rate_limit=2, rate_window_seconds=0.3)
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     await redis.set(settings.rate_key, 2)  # an operator's SET, no TTL: the window is full
     await add_tasks(redis, settings, "normal")
     await index_all(queue)
@@ -69,7 +69,7 @@ async def test_a_counter_without_ttl_is_repaired_not_left_to_block_forever(redis
 
 async def test_a_garbage_counter_counts_as_a_full_window(redis: Redis) -> None:
     settings = make_settings(rate_limit=2, rate_window_seconds=0.3)
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     await redis.set(settings.rate_key, "garbage")
     await add_tasks(redis, settings, "normal")
     await index_all(queue)
@@ -79,13 +79,13 @@ async def test_a_garbage_counter_counts_as_a_full_window(redis: Redis) -> None:
 
 async def test_a_429_closes_the_window_for_everyone_and_only_lengthens_it(redis: Redis) -> None:
     settings = make_settings(rate_limit=5, rate_window_seconds=1)
-    limiter = dispatcher_for(settings, redis).limiter
+    limiter = limiter_for(settings, redis)
     assert await limiter.close_for(3) == 3.0
     window = await limiter.window()
     assert window.full and window.used == 5
     assert window.resets_in is not None and 2.5 < window.resets_in <= 3.0
     assert await limiter.close_for(1) > 2.5  # a shorter cooldown never shortens it
-    other = dispatcher_for(make_settings(rate_limit=5, consumer="worker-b"), redis).queue
+    other = queue_for(make_settings(rate_limit=5, consumer="worker-b"), redis)
     await add_tasks(redis, settings, "high")
     await index_all(other)
     assert (await other.take(1)).status is TakeStatus.FULL
@@ -93,7 +93,7 @@ async def test_a_429_closes_the_window_for_everyone_and_only_lengthens_it(redis:
 
 async def test_scripts_are_reloaded_after_script_flush(redis: Redis) -> None:
     settings = make_settings()
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     await add_tasks(redis, settings, "normal", "normal")
     await index_all(queue)
     assert (await queue.take(1)).status is TakeStatus.GRANTED
@@ -140,8 +140,8 @@ async def test_a_slot_stays_busy_a_window_after_its_call_was_answered_counter_or
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=2, rate_window_seconds=5)
-    dispatcher = dispatcher_for(settings, redis)
-    queue = dispatcher.queue
+    queue = queue_for(settings, redis)
+    limiter = limiter_for(settings, redis)
     await add_tasks(redis, settings, *["normal"] * 4)
     await index_all(queue)
     first, second = (await queue.take(2)).grants
@@ -153,7 +153,7 @@ async def test_a_slot_stays_busy_a_window_after_its_call_was_answered_counter_or
     ]
     assert await queue.ack_many(acks) == [True, True]
     await redis.delete(settings.rate_key)  # the counter's window is over (or an operator's DEL)
-    window = await dispatcher.limiter.window()
+    window = await limiter.window()
     assert window.used == 0 and window.slots_busy == 2
     assert window.slot_frees_in is not None and 0.2 < window.slot_frees_in <= 0.3
     refused = await queue.take(2)
@@ -162,15 +162,15 @@ async def test_a_slot_stays_busy_a_window_after_its_call_was_answered_counter_or
     await anyio.sleep(refused.wait)  # as a refused worker does
     again = await queue.take(2)
     assert again.status is TakeStatus.GRANTED and len(again.grants) == 1  # the other is busy
-    assert (await dispatcher.limiter.window()).slots_busy == 2
+    assert (await limiter.window()).slots_busy == 2
 
 
 async def test_retries_and_dead_letters_free_their_slot_a_window_after_the_answer(
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=3, rate_window_seconds=5)
-    dispatcher = dispatcher_for(settings, redis)
-    queue = dispatcher.queue
+    queue = queue_for(settings, redis)
+    limiter = limiter_for(settings, redis)
     await add_tasks(redis, settings, *["normal"] * 3)
     await index_all(queue)
     a, b, c = (await queue.take(3)).grants
@@ -181,7 +181,7 @@ async def test_retries_and_dead_letters_free_their_slot_a_window_after_the_answe
     )
     # Found invalid before its call: no call was made, so its slot frees at once.
     assert await queue.bury(c.entry.id, "invalid", last_status="invalid", attempts=0, stamp=c.stamp)
-    window = await dispatcher.limiter.window()
+    window = await limiter.window()
     assert window.slots_busy == 2
     assert window.slot_frees_in is not None and 0.1 < window.slot_frees_in <= 0.2
 
@@ -190,13 +190,13 @@ async def test_a_slot_whose_worker_never_answers_frees_a_deadline_and_a_window_a
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=1, rate_window_seconds=2, http_timeout_seconds=1.5)
-    dispatcher = dispatcher_for(settings, redis)
-    queue = dispatcher.queue
+    queue = queue_for(settings, redis)
+    limiter = limiter_for(settings, redis)
     await add_tasks(redis, settings, "normal", "normal")
     await index_all(queue)
     assert len((await queue.take(1)).grants) == 1  # and its worker dies: no answer, ever
     await redis.delete(settings.rate_key)
-    window = await dispatcher.limiter.window()
+    window = await limiter.window()
     assert window.slot_frees_in is not None and 3.0 < window.slot_frees_in <= 3.5
     # A call in flight may yet be answered now, and free its slot a window from now: a
     # refused worker looks again then, not at the deadline.

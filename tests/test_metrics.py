@@ -14,7 +14,7 @@ from ratedispatch.ops.status import collect
 from ratedispatch.worker.metrics import Metrics, MetricsServer
 
 from .conftest import API, make_settings
-from .helpers import add_tasks, dispatcher_for, index_all
+from .helpers import add_tasks, index_all, queue_for
 from .test_dispatcher import count_is, running
 
 
@@ -54,7 +54,7 @@ async def test_a_worker_counts_calls_slots_retries_and_dead_letters(redis: Redis
 async def test_the_redis_gauges_show_what_status_reads(redis: Redis) -> None:
     settings = make_settings(rate_limit=10, rate_window_seconds=5)
     await add_tasks(redis, settings, "low", "normal", "high")
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     await index_all(queue)
     assert len((await queue.take(2)).grants) == 2  # their calls are in flight
     metrics = Metrics()

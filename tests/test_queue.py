@@ -10,22 +10,23 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from ratedispatch.queue.queue import Entry, Queue, Success, TakeStatus, read_stream
+from ratedispatch.guard import RedisGuard
+from ratedispatch.queue import Entry, Queue, Success, TakeStatus, read_stream
 from ratedispatch.task import Task, parse_entry
 
 from .conftest import make_settings
-from .helpers import add_tasks, dispatcher_for, index_all
+from .helpers import add_tasks, consumers_for, index_all, limiter_for, queue_for
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_priority_is_global_then_oldest_first(redis: Redis) -> None:
     settings = make_settings()
-    reader = dispatcher_for(settings, redis).queue
+    reader = queue_for(settings, redis)
     ids = await add_tasks(redis, settings, "low", "normal", "high", "low", "high", "normal")
     await index_all(reader)
     # A different worker takes: the order is the index's, not the reader's batch.
-    taker = dispatcher_for(make_settings(consumer="worker-b"), redis).queue
+    taker = queue_for(make_settings(consumer="worker-b"), redis)
     order = []
     for _ in ids:
         take = await taker.take(1)
@@ -36,7 +37,7 @@ async def test_priority_is_global_then_oldest_first(redis: Redis) -> None:
 
 async def test_order_within_a_priority_is_exact_across_ids_in_one_millisecond(redis: Redis) -> None:
     settings = make_settings()
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     ids = [f"1700000000000-{seq}" for seq in (2, 9, 10, 11, 100)]
     for entry_id in ids:
         await redis.xadd(settings.stream, {"endpoint": "/x"}, id=entry_id)
@@ -47,14 +48,14 @@ async def test_order_within_a_priority_is_exact_across_ids_in_one_millisecond(re
 
 async def test_two_workers_never_take_the_same_entry(redis: Redis) -> None:
     settings = make_settings(rate_limit=1000)
-    a = dispatcher_for(settings, redis).queue
-    b = dispatcher_for(make_settings(rate_limit=1000, consumer="worker-b"), redis).queue
+    a = queue_for(settings, redis)
+    b = queue_for(make_settings(rate_limit=1000, consumer="worker-b"), redis)
     await add_tasks(redis, settings, *["normal"] * 60)
     await index_all(a)
     taken: list[str] = []
 
     async def drain(queue: object) -> None:
-        from ratedispatch.queue.queue import Queue
+        from ratedispatch.queue import Queue
 
         assert isinstance(queue, Queue)
         while (take := await queue.take(3)).status is TakeStatus.GRANTED:
@@ -68,8 +69,8 @@ async def test_two_workers_never_take_the_same_entry(redis: Redis) -> None:
 
 async def test_waiting_entries_are_never_reclaimed_but_a_dead_workers_are(redis: Redis) -> None:
     settings = make_settings()
-    dead = dispatcher_for(make_settings(consumer="dead-worker"), redis).queue
-    live = dispatcher_for(settings, redis).consumers
+    dead = queue_for(make_settings(consumer="dead-worker"), redis)
+    live = consumers_for(settings, redis)
     ids = await add_tasks(redis, settings, "normal", "normal", "normal")
     await index_all(dead)
     in_flight = await dead.take(1)  # the dead worker took one, then died
@@ -84,8 +85,8 @@ async def test_waiting_entries_are_never_reclaimed_but_a_dead_workers_are(redis:
 
 async def test_a_live_workers_fresh_claim_is_not_reclaimed(redis: Redis) -> None:
     settings = make_settings()
-    a = dispatcher_for(settings, redis).queue
-    b = dispatcher_for(make_settings(consumer="worker-b"), redis).consumers
+    a = queue_for(settings, redis)
+    b = consumers_for(make_settings(consumer="worker-b"), redis)
     await add_tasks(redis, settings, "normal")
     await index_all(a)
     await anyio.sleep(0.15)  # the entry idles in the index...
@@ -98,8 +99,8 @@ async def test_a_live_workers_fresh_claim_is_not_reclaimed(redis: Redis) -> None
 
 async def test_trimmed_entries_are_acknowledged_and_forgotten(redis: Redis) -> None:
     settings = make_settings()
-    dead = dispatcher_for(make_settings(consumer="dead-worker"), redis).queue
-    live = dispatcher_for(settings, redis).consumers
+    dead = queue_for(make_settings(consumer="dead-worker"), redis)
+    live = consumers_for(settings, redis)
     await add_tasks(redis, settings, "normal", "normal")
     await index_all(dead)
     grants = (await dead.take(2)).grants
@@ -116,19 +117,20 @@ async def test_trimmed_entries_are_acknowledged_and_forgotten(redis: Redis) -> N
 
 async def test_settling_an_entry_that_is_no_longer_ours_does_nothing(redis: Redis) -> None:
     settings = make_settings(results_stream="results")
-    a = dispatcher_for(settings, redis).queue
-    b = dispatcher_for(make_settings(consumer="worker-b", results_stream="results"), redis)
+    a = queue_for(settings, redis)
+    settings_b = make_settings(consumer="worker-b", results_stream="results")
+    b = consumers_for(settings_b, redis)
     await add_tasks(redis, settings, "normal")
     await index_all(a)
     grant = (await a.take(1)).grants[0]
     await anyio.sleep(0.15)
-    entries, _ = await b.consumers.reclaim(
-        await b.consumers.stale_ids(100, 10), 100
-    )  # a was presumed dead
+    entries, _ = await b.reclaim(await b.stale_ids(100, 10), 100)  # a was presumed dead
     assert len(entries) == 1
     assert await a.ack_many([Success(grant.entry.id, 200, 5, 1, grant.stamp)]) == [False]
     assert await redis.xlen("results") == 0
-    assert await b.queue.ack_many([Success(grant.entry.id, 200, 5, 1, grant.stamp)]) == [True]
+    assert await queue_for(settings_b, redis).ack_many(
+        [Success(grant.entry.id, 200, 5, 1, grant.stamp)]
+    ) == [True]
     assert await redis.xlen("results") == 1
 
 
@@ -143,20 +145,20 @@ async def test_when_nothing_waits_a_drained_read_gets_its_slots_in_the_same_step
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=2)
-    dispatcher = dispatcher_for(settings, redis)
-    queue = dispatcher.queue
+    queue = queue_for(settings, redis)
+    limiter = limiter_for(settings, redis)
     ids = await add_tasks(redis, settings, "low", "high", "normal")
     take = await queue.take(3, await fresh_read(queue, 10), drained=True)
     assert take.fast and take.status is TakeStatus.GRANTED
     # The best two of the batch get the window's two slots; the third waits in the index.
     assert [(g.entry.id, g.attempt) for g in take.grants] == [(ids[1], 1), (ids[2], 1)]
-    assert await queue.waiting() == 1 and (await queue.take(1)).status is TakeStatus.FULL
-    assert (await dispatcher.limiter.window()).used == 2
+    assert await queue.index_size() == 1 and (await queue.take(1)).status is TakeStatus.FULL
+    assert (await limiter.window()).used == 2
 
 
 async def test_fresh_entries_queue_behind_waiting_ones_of_higher_priority(redis: Redis) -> None:
     settings = make_settings()
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     [high] = await add_tasks(redis, settings, "high")
     await index_all(queue)
     later = await add_tasks(redis, settings, "low", "normal")
@@ -170,13 +172,13 @@ async def test_a_read_that_left_more_unread_gives_no_slot_away_until_that_is_ind
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=3)
-    dispatcher = dispatcher_for(settings, redis)
-    queue = dispatcher.queue
+    queue = queue_for(settings, redis)
+    limiter = limiter_for(settings, redis)
     ids = await add_tasks(redis, settings, "low", "low", "high", "high", "high")
     # Two read, three unread: those may be better and do not fit in the window with these.
     take = await queue.take(2, await fresh_read(queue, 2), drained=False)
     assert take.status is TakeStatus.EMPTY and not take.grants
-    assert (await dispatcher.limiter.window()).used == 0
+    assert (await limiter.window()).used == 0
     take = await queue.take(3, await fresh_read(queue, 10), drained=True)
     assert [g.entry.id for g in take.grants] == ids[2:]
 
@@ -185,7 +187,7 @@ async def test_a_partial_read_is_called_at_once_when_everything_unread_fits_the_
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=100)
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     ids = await add_tasks(redis, settings, *["normal"] * 5)
     take = await queue.take(2, await fresh_read(queue, 2), drained=False)
     assert take.fast and [g.entry.id for g in take.grants] == ids[:2]
@@ -193,7 +195,7 @@ async def test_a_partial_read_is_called_at_once_when_everything_unread_fits_the_
 
 async def test_attempts_are_the_delivery_count_across_retries(redis: Redis) -> None:
     settings = make_settings()
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     await add_tasks(redis, settings, "normal")
     await index_all(queue)
     attempts = []
@@ -211,13 +213,14 @@ async def test_nothing_is_reclaimed_until_redis_has_been_back_for_the_idle_time(
     redis: Redis,
 ) -> None:
     settings = make_settings()
-    a = dispatcher_for(settings, redis).queue
-    b = dispatcher_for(make_settings(consumer="worker-b"), redis)
+    a = queue_for(settings, redis)
+    b_guard = RedisGuard(settings.redis_url)
+    b = consumers_for(make_settings(consumer="worker-b"), redis, b_guard)
     await add_tasks(redis, settings, "normal")
     await index_all(a)
     [grant] = (await a.take(1)).grants
     await anyio.sleep(0.15)
-    stale = await b.consumers.stale_ids(100, 10)
+    stale = await b.stale_ids(100, 10)
     assert stale == [grant.entry.id]
     failures = iter([ConnectionError("connection reset")])
 
@@ -227,8 +230,8 @@ async def test_nothing_is_reclaimed_until_redis_has_been_back_for_the_idle_time(
 
     # An outage this worker rode out (its guard retried through it): a's entry looks idle only
     # because Redis counted the downtime, so it stays a's for the idle time after the outage.
-    await b.guard.run(flaky, "a step that met the outage")
-    assert await b.consumers.reclaim(stale, 100) == ([], 0)
+    await b_guard.run(flaky, "a step that met the outage")
+    assert await b.reclaim(stale, 100) == ([], 0)
     assert await a.ack_many([Success(grant.entry.id, 200, 5, 1, grant.stamp)]) == [True]
 
 
@@ -236,8 +239,8 @@ async def test_a_reader_with_more_unread_keeps_its_entries_out_of_the_index_unti
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=3)
-    a = dispatcher_for(settings, redis).queue
-    b = dispatcher_for(make_settings(consumer="worker-b", rate_limit=3), redis).queue
+    a = queue_for(settings, redis)
+    b = queue_for(make_settings(consumer="worker-b", rate_limit=3), redis)
     ids = await add_tasks(redis, settings, "low", "low", "high", "high", "high")
     # Reader a read two of five (the lows) and can read on at once: it keeps them back.
     first = await fresh_read(a, 2)
@@ -245,11 +248,8 @@ async def test_a_reader_with_more_unread_keeps_its_entries_out_of_the_index_unti
     assert take.status is TakeStatus.READ_ON and not take.grants
     # Meanwhile another worker's take finds nothing to give a slot to, rather than the lows.
     assert (await b.take(3)).status is TakeStatus.EMPTY
-    assert (
-        await a.waiting() == 0
-        and (await dispatcher_for(settings, redis).limiter.window()).used == 0
-    )
+    assert await a.index_size() == 0 and (await limiter_for(settings, redis).window()).used == 0
     # The kept entries come back with the rest: the best three get the window's slots.
     take = await a.take(3, first + await fresh_read(a, 10), drained=True)
     assert [g.entry.id for g in take.grants] == ids[2:]
-    assert await a.waiting() == 2
+    assert await a.index_size() == 2

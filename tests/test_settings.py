@@ -120,3 +120,16 @@ def test_a_hung_redis_connection_is_given_up_well_before_entries_are_reclaimed()
 
     # a quarter of RECLAIM_IDLE_SECONDS, at least the 1 s of a blocking read and then some
     assert [socket_timeout_for(s) for s in (5, 20, 60, 600)] == [2.0, 5.0, 15.0, 15.0]
+
+
+def test_a_password_in_the_query_or_in_the_api_url_is_masked_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert mask_url("redis://host:6379/0?password=pw-1&db=2") == (
+        "redis://host:6379/0?password=***&db=2"
+    )
+    monkeypatch.setenv("RATEDISPATCH_REDIS_URL", "redis://cache:6379/0?password=pw-456")
+    monkeypatch.setenv("RATEDISPATCH_API_BASE_URL", "https://me:pw-789@api.example.com")
+    shown = str(load_settings().described())
+    assert "pw-456" not in shown and "pw-789" not in shown
+    assert "https://me:***@api.example.com" in shown

@@ -91,6 +91,47 @@ def test_invalid_entries_are_refused_with_a_reason(fields: dict[str, str], reaso
     assert reason in caught.value.reason
 
 
+TENANT = "https://api.example.com/v1/tenant-a"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "/ok/..%2f..%2fetc",  # '..' once a server decodes %2F
+        "/a/%2e%2e%2fb",
+        "/a/%252e%252e/b",  # encoded twice
+        "/a/..%5cb",  # a backslash is a separator on some servers
+        "/a%2f..%2fb",
+        "/.",
+        "/a/.%2fb",
+        "/a/..;/b",  # Tomcat and Jetty drop ';params' from a segment, leaving '..'
+        "/a/..%3bx/b",
+        "/a/..%3fx",  # a '?' decoded by a proxy ends the path at '..'
+    ],
+)
+def test_an_endpoint_that_decodes_to_a_dot_segment_is_refused(endpoint: str) -> None:
+    with pytest.raises(InvalidTask) as caught:
+        parse_entry("1-1", {"endpoint": endpoint})
+    assert "segment once percent-decoded" in caught.value.reason
+    assert "resolve the path before enqueueing" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["/projects/group%2Fproject", "/a/b%2Fc/d", "/files/a.b", "/x/..foo", "/x/foo..", "/x/.../y"],
+)
+def test_encoded_slashes_and_dotted_names_without_a_dot_segment_are_kept(endpoint: str) -> None:
+    assert request_for({"endpoint": endpoint}, base=TENANT) == TENANT + endpoint
+
+
+def test_an_endpoint_encoded_too_many_times_is_refused_without_decoding_it_to_the_end() -> None:
+    # Each decoding peels one level of '%25' nesting: a bounded loop keeps a hostile entry cheap.
+    for endpoint in ("/a/%252525252e", "/a/%" + "25" * 10_000 + "2e"):
+        with pytest.raises(InvalidTask, match="still percent-encoded after 4 decodings"):
+            parse_entry("1-1", {"endpoint": endpoint})
+    assert request_for({"endpoint": "/a/b%25252541"}, base=TENANT) == TENANT + "/a/b%25252541"
+
+
 def test_non_utf8_values_and_names_are_refused() -> None:
     with pytest.raises(InvalidTask, match="not valid UTF-8"):
         parse_entry("1-1", {b"endpoint": b"/a\xff"})

@@ -12,11 +12,11 @@ import anyio
 import fakeredis
 import httpx
 
-from ..devtools.audit import Call, fixed_windows
 from ..producer import build_entry, enqueue
-from ..queue.queue import read_stream
+from ..queue.entries import read_stream
 from ..settings import Settings
 from ..worker.dispatcher import Dispatcher
+from .audit import Call, fixed_windows
 
 PRIORITIES = ("high", "normal", "low")
 # How late, as a share of the window, the mock API may see a call after its slot was taken.

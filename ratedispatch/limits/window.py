@@ -1,8 +1,8 @@
-"""The limit at RATE_KEY: the fixed-window counter and the slot log beside it (lua/window.lua),
+"""The limit at RATE_KEY: the fixed-window counter and the slot log beside it (limit.lua),
 their state, and closing the window after a 429.
 
-Taking a slot is part of the queue's take script (lua/take.lua with lua/window.lua), because a
-slot must be taken in the same atomic step as the task it is for.
+Taking a slot is part of the queue's take script (queue/take.lua includes limits/limit.lua),
+because a slot must be taken in the same atomic step as the task it is for.
 """
 
 from __future__ import annotations
@@ -12,9 +12,23 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from .. import scripts as _lua
 from ..keys import Keys
+from ..scripts import declare
 from ..settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class CloseKeys:
+    rate: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseArgs:
+    limit: int
+    cooldown_ms: int
+
+
+CLOSE = declare("limits/close.lua", CloseKeys, CloseArgs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +62,7 @@ class Limiter:
         # A slot whose call is in flight is held this long plus a window: the latest the call
         # can end, should its worker die before saying when it did.
         self.deadline_ms = max(1, math.ceil(call_deadline_seconds * 1000))
-        self._close = redis.register_script(_lua.source("close"))
+        self._close = CLOSE.on(redis)
 
     @classmethod
     def from_settings(cls, redis: Redis, keys: Keys, settings: Settings) -> Limiter:
@@ -63,17 +77,20 @@ class Limiter:
     async def close_for(self, seconds: float) -> float:
         """Close the window for every worker for at least `seconds`; returns the seconds set."""
         ms = max(1, math.ceil(seconds * 1000))
-        pttl = await self._close(keys=[self._key], args=[self.limit, ms])
+        pttl = await self._close(CloseKeys(self._key), CloseArgs(self.limit, ms))
         return int(pttl) / 1000
 
     async def window(self) -> Window:
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # Plain pipelines, not MULTI: Redis refuses every command queued in a transaction while
+        # it is out of memory, and `status` must answer then most of all. The reads are a
+        # moment apart at most, which a picture of the window can afford.
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.get(self._key)
             pipe.pttl(self._key)
             pipe.time()
             raw, pttl, (seconds, micros) = await pipe.execute()
         now_ms = seconds * 1000 + micros // 1000  # Redis's clock, as the scripts read it
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zcount(self._slots, f"({now_ms}", "+inf")
             pipe.zrangebyscore(self._slots, f"({now_ms}", "+inf", start=0, num=1, withscores=True)
             busy, first = await pipe.execute()

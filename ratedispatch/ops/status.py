@@ -62,7 +62,7 @@ async def collect(redis: Redis, settings: Settings) -> Status:
         pipe.xlen(keys.stream)
         for rank in Priority:
             # All members score 0 and start with their rank digit: a lexical range counts a rank.
-            pipe.zlexcount(keys.deferred, f"[{int(rank)}", f"({int(rank) + 1}")
+            pipe.zlexcount(keys.index, f"[{int(rank)}", f"({int(rank) + 1}")
         pipe.zcard(keys.retry)
         pipe.xlen(keys.dead)
         if keys.results:

@@ -7,10 +7,10 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from .. import scripts as _lua
-from ..connection import RedisGuard
+from ..guard import RedisGuard
 from ..keys import Keys
-from ..queue.queue import Entry, as_text, field_map
+from . import inputs as i
+from .entries import Entry, as_text, field_map
 
 
 class Consumers:
@@ -21,8 +21,8 @@ class Consumers:
         self.keys = keys
         self.consumer = me
         self._guard = guard
-        self._reclaim = redis.register_script(_lua.source("reclaim"))
-        self._retire = redis.register_script(_lua.source("retire"))
+        self._reclaim = i.RECLAIM.on(redis)
+        self._retire = i.RETIRE.on(redis)
 
     async def retire(self, names: Sequence[str]) -> int:
         """Delete these consumers' records if they hold no entries; returns how many went."""
@@ -30,7 +30,9 @@ class Consumers:
             return 0
 
         async def op() -> Any:
-            return await self._retire(keys=[self.keys.stream], args=[self.keys.group, *names])
+            return await self._retire(
+                i.StreamKey(self.keys.stream), i.RetireArgs(self.keys.group, names)
+            )
 
         return int(await self._guard.run(op, "removing idle consumers"))
 
@@ -93,8 +95,8 @@ class Consumers:
             if self._guard.recovered_within(min_idle_ms / 1000):
                 return [], 0
             return await self._reclaim(
-                keys=[self.keys.stream],
-                args=[self.keys.group, self.consumer, min_idle_ms, *ids],
+                i.StreamKey(self.keys.stream),
+                i.ReclaimArgs(self.keys.group, self.consumer, min_idle_ms, ids),
             )
 
         claimed, dropped = await self._guard.run(op, "reclaiming abandoned tasks")

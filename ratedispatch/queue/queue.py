@@ -1,29 +1,29 @@
-"""Every stream, pending-list and index command: read, defer, take, settle, reclaim.
+"""Every stream, pending-list and index command of one consumer: read, index, take, settle.
 
 Ownership is the pending list (PEL) of the group. An entry is held by exactly one of:
 the stream (not yet delivered); a worker's consumer (just read, or in its call); the
-`waiting` consumer, mirrored by the priority index (`deferred`) or the backoff index
-(`retry`); or nobody (acknowledged, dead-lettered). Every move between them is one script.
+waiting consumer, mirrored by the priority index or the retry index; or nobody (acknowledged,
+dead-lettered). Every move between them is one script.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from .. import scripts as _lua
-from ..connection import RedisGuard
 from ..errors import ConfigError
+from ..guard import RedisGuard
 from ..keys import Keys
 from ..limits.window import Limiter
+from ..settings import Settings
 from ..task import Priority, Task
+from . import inputs as i
+from .entries import Entry, Success, Take, ago_ms, as_text, id_key, index_member
 
 log = logging.getLogger("ratedispatch.worker")
 
@@ -34,88 +34,6 @@ PROMOTE_PER_TAKE = 1000
 PENDING_BOUND = 100_000
 # Entries acknowledged by one script call, at most (Lua's unpack stops near 8000 values).
 ACK_BATCH = 500
-
-
-def as_text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def index_member(entry_id: str, priority: Priority) -> str:
-    """The index member for an entry: sorts by priority rank, then exactly by entry id."""
-    ms, seq = id_key(entry_id)
-    return f"{int(priority)}{ms:020d}-{seq:020d}"
-
-
-def ago_ms(then: float, now: float) -> int:
-    """Whole ms from `then` to `now` (time.monotonic()), rounded down: a slot is held a
-    window from its answer, and a late estimate of the answer only holds it longer."""
-    return max(0, int((now - then) * 1000))
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """An entry id as (ms, seq), which sorts as Redis orders ids."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    id: str
-    fields: dict[bytes, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A slot taken and an entry claimed for this worker's call."""
-
-    entry: Entry
-    attempt: int  # this call's number: the entry's delivery count, counted before the call
-    member: str  # the entry's index member, to put it back for a retry
-    # The take that gave it its slot; the slot log names the slot by entry id and this stamp
-    # (slot_member in lua/window.lua), to be told when its call was answered.
-    stamp: str
-    task: Task | None = None  # parsed already (entries this worker just read)
-
-
-class TakeStatus(enum.Enum):
-    GRANTED = 1
-    FULL = 0
-    EMPTY = 2
-    READ_ON = 4  # the fresh entries stay with the caller, to come back with its next read
-
-
-@dataclass(frozen=True, slots=True)
-class Take:
-    status: TakeStatus
-    grants: list[Grant] = field(default_factory=list)
-    # FULL: seconds until a slot may be had. EMPTY: until the next retry is due (None: none).
-    wait: float | None = None
-    # GRANTED to fresh entries directly: nothing waited in the index or for a backoff.
-    fast: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Success:
-    """A call that succeeded, to be acknowledged (in a batch) with its result."""
-
-    entry_id: str
-    http_status: int
-    duration_ms: int
-    attempts: int
-    stamp: str  # of the take that gave its slot (Grant.stamp): busy a window from the answer
-    answered_at: float = field(default_factory=time.monotonic)
-
-
-def field_map(flat: Sequence[bytes]) -> dict[bytes, bytes]:
-    return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
-
-
-async def read_stream(
-    redis: Redis, stream: str, count: int | None = None, end: str = "+"
-) -> list[Entry]:
-    """The entries of any stream (results, dead letters), oldest first, up to id `end`."""
-    rows: Any = await redis.xrange(stream, max=end, count=count)
-    return [Entry(as_text(entry_id), dict(fields)) for entry_id, fields in rows or []]
 
 
 class Queue:
@@ -144,10 +62,27 @@ class Queue:
         self._guard = guard
         self._results_maxlen = results_maxlen if keys.results else 0
         self._delete_acked = delete_acked
-        self._take = redis.register_script(_lua.source("take", "common", "window"))
-        self._ingest = redis.register_script(_lua.source("ingest", "common"))
-        self._settle = redis.register_script(_lua.source("settle", "common", "window"))
-        self._acks = redis.register_script(_lua.source("acks", "common", "window"))
+        # Results off: the scripts are given the task stream, and write no result to it.
+        self._results = keys.results or keys.stream
+        self._take = i.TAKE.on(redis)
+        self._index = i.INDEX.on(redis)
+        self._acks = i.ACKS.on(redis)
+        self._retry = i.RETRY.on(redis)
+        self._bury = i.BURY.on(redis)
+
+    @classmethod
+    def from_settings(
+        cls, redis: Redis, settings: Settings, limiter: Limiter, guard: RedisGuard
+    ) -> Queue:
+        return cls(
+            redis,
+            Keys.from_settings(settings),
+            settings.consumer,
+            limiter,
+            guard,
+            results_maxlen=settings.results_maxlen,
+            delete_acked=settings.delete_acked,
+        )
 
     async def ensure_group(self) -> None:
         """Create the group at id 0 (so earlier entries are not skipped); BUSYGROUP is fine."""
@@ -191,33 +126,40 @@ class Queue:
                 entries.append(Entry(as_text(entry_id), dict(fields or {})))
         return entries
 
-    async def defer(self, items: Iterable[tuple[str, Priority]], *, reread: bool) -> int:
-        """Put entries this consumer holds, and did not just read, into the priority index:
-        reclaimed, or left by a previous process of the same name and read again (`reread`).
-        Returns how many moved (those no longer ours stay where they are)."""
+    async def index_held(self, items: Iterable[tuple[str, Priority]], *, reread: bool) -> int:
+        """Index entries this consumer holds and did not just read: reclaimed, or left by a
+        previous process of the same name and read again (`reread`). Returns how many were
+        indexed (those no longer ours stay where they are)."""
         members = [index_member(entry_id, priority) for entry_id, priority in items]
         if not members:
             return 0
-        args: list[str | int] = [
+        keys = i.IndexKeys(self.keys.stream, self.keys.index)
+        args = i.IndexArgs(
             self.keys.group,
             self.consumer,
             self.keys.waiting_consumer,
             PENDING_BOUND,
-            "reread" if reread else "kept",
-        ]
+            reread,
+            members,
+        )
 
         async def op() -> Any:
-            return await self._ingest(
-                keys=[self.keys.stream, self.keys.deferred], args=[*args, *members]
-            )
+            return await self._index(keys, args)
 
-        return int(await self._guard.run(op, "deferring tasks"))
+        return int(await self._guard.run(op, "indexing tasks"))
 
-    async def waiting(self) -> int:
+    async def index(self, fresh: Sequence[tuple[Entry, Task]]) -> None:
+        """Index entries this consumer just read, taking no slot: kept back by a reader that
+        is stopping or holding back (the take indexes them, and grants nothing)."""
+        await self.take(0, fresh)
+
+    async def index_size(self) -> int:
+        """How many tasks wait in the priority index for a slot."""
+
         async def op() -> Any:
-            return await self._redis.zcard(self.keys.deferred)
+            return await self._redis.zcard(self.keys.index)
 
-        return int(await self._guard.run(op, "counting waiting tasks"))
+        return int(await self._guard.run(op, "counting indexed tasks"))
 
     async def take(
         self,
@@ -227,85 +169,67 @@ class Queue:
         drained: bool = False,
         keep: bool = False,
     ) -> Take:
-        """Take up to `want` slots for the best tasks (see lua/take.lua). `fresh` are entries
+        """Take up to `want` slots for the best tasks (see queue/take.lua). `fresh` are entries
         this consumer just read (`drained`: that read emptied the stream): called at once when
-        nothing waits or competes with them, else put in the index; or, with `keep` and more
-        unread, left with the caller (READ_ON) to bring back with what it reads next."""
-        keys = [
-            self.keys.rate,
-            self.keys.deferred,
-            self.keys.retry,
-            self.keys.stream,
-            self.keys.slots,
-        ]
-        by_member = {index_member(entry.id, task.priority): (entry, task) for entry, task in fresh}
-        args: list[str | int] = [
-            self._limiter.limit,
-            self._limiter.window_ms,
-            want,
-            self.keys.group,
-            self.consumer,
-            self.keys.waiting_consumer,
-            PROMOTE_PER_TAKE,
-            PENDING_BOUND,
-            1 if drained else "k" if keep else 0,
-            self._limiter.deadline_ms,
-            *sorted(by_member),  # best first: rank, then entry id
-        ]
+        nothing waits or competes with them, else indexed; or, with `keep` and more unread,
+        left with the caller (READ_ON) to bring back with what it reads next."""
+        members = sorted(  # best first: rank, then entry id
+            (index_member(entry.id, task.priority), entry, task) for entry, task in fresh
+        )
+        keys = i.TakeKeys(
+            self.keys.rate, self.keys.index, self.keys.retry, self.keys.stream, self.keys.slots
+        )
+        args = i.TakeArgs(
+            limit=self._limiter.limit,
+            window_ms=self._limiter.window_ms,
+            want=want,
+            group=self.keys.group,
+            me=self.consumer,
+            waiting=self.keys.waiting_consumer,
+            promote_max=PROMOTE_PER_TAKE,
+            pending_bound=PENDING_BOUND,
+            drained=drained,
+            keep=keep,
+            deadline_ms=self._limiter.deadline_ms,
+            fresh=[member for member, _, _ in members],
+        )
 
         async def op() -> Any:
-            return await self._take(keys=keys, args=args)
+            return await self._take(keys, args)
 
-        reply = await self._guard.run(op, "taking a slot")
-        status = reply[0]
-        if status == 3:
-            fresh_by_id = {entry.id: (entry, task, m) for m, (entry, task) in by_member.items()}
-            stamp = as_text(reply[2])
-            grants = []
-            for raw_id in reply[1]:
-                entry, task, member = fresh_by_id[as_text(raw_id)]
-                # Read by XREADGROUP: its first call.
-                grants.append(Grant(entry, 1, member, stamp, task))
-            return Take(TakeStatus.GRANTED, grants, fast=True)
-        if status == 1:
-            stamp = as_text(reply[2])
-            grants = [
-                Grant(Entry(as_text(i), field_map(flat)), int(attempt), as_text(member), stamp)
-                for i, flat, attempt, member in reply[1]
-            ]
-            return Take(TakeStatus.GRANTED, grants)
-        if status == 4:
-            return Take(TakeStatus.READ_ON)
-        wait = int(reply[1])
-        if status == 0:
-            return Take(TakeStatus.FULL, wait=max(wait, 0) / 1000)
-        return Take(TakeStatus.EMPTY, wait=None if wait < 0 else wait / 1000)
+        return Take.decode(await self._guard.run(op, "taking a slot"), members)
 
     async def ack_many(self, successes: Sequence[Success]) -> list[bool]:
         """Acknowledge (and delete) entries whose calls succeeded, each with a result; False
         for an entry that was no longer ours. At most ACK_BATCH at once."""
         ids = sorted((s.entry_id for s in successes), key=id_key)
-        args: list[str | int] = [
-            self.keys.group,
-            self.consumer,
-            self._results_maxlen,
-            1 if self._delete_acked else 0,
-            ids[0],
-            ids[-1],
-            PENDING_BOUND,
-            self._limiter.window_ms,
-        ]
-        keys = [self.keys.stream, self.keys.results or self.keys.stream, self.keys.slots]
+        keys = i.AcksKeys(self.keys.stream, self._results, self.keys.slots)
 
         async def op() -> Any:
             # Each slot is busy a window from its answer, not from this script: the batch's
             # wait and round trip are not added to it. Measured anew for each attempt.
             now = time.monotonic()
-            answers: list[str | int] = []
-            for s in successes:
-                answers += [s.entry_id, s.http_status, s.duration_ms, s.attempts, s.stamp]
-                answers.append(ago_ms(s.answered_at, now))
-            return await self._acks(keys=keys, args=[*args, *answers])
+            answers = [
+                (
+                    *(s.entry_id, s.http_status, s.duration_ms),
+                    s.attempts,
+                    s.stamp,
+                    ago_ms(s.answered_at, now),
+                )
+                for s in successes
+            ]
+            args = i.AcksArgs(
+                self.keys.group,
+                self.consumer,
+                self._results_maxlen,
+                self._delete_acked,
+                ids[0],
+                ids[-1],
+                PENDING_BOUND,
+                self._limiter.window_ms,
+                answers,
+            )
+            return await self._acks(keys, args)
 
         recorded = await self._guard.run(op, "recording tasks as done")
         return [bool(r) for r in recorded]
@@ -315,14 +239,23 @@ class Queue:
     ) -> bool:
         """Back to waiting until `delay` seconds (Redis time) have passed. The call on the slot
         taken at `stamp` was answered at `answered` (time.monotonic())."""
-        return await self._settle_op(
-            entry_id,
-            "retry",
-            delay_ms=round(delay * 1000),
-            member=member,
-            stamp=stamp,
-            answered=answered,
-        )
+        keys = i.RetryKeys(self.keys.stream, self.keys.retry, self.keys.slots)
+
+        async def op() -> Any:
+            args = i.RetryArgs(
+                self.keys.group,
+                self.consumer,
+                self.keys.waiting_consumer,
+                entry_id,
+                member,
+                round(delay * 1000),
+                stamp,
+                ago_ms(answered, time.monotonic()),  # measured anew for each attempt
+                self._limiter.window_ms,
+            )
+            return await self._retry(keys, args)
+
+        return bool(await self._guard.run(op, "recording a task for a retry"))
 
     async def bury(
         self,
@@ -339,66 +272,27 @@ class Queue:
         """Dead-letter with the reason (keeping every original field), and record a result.
         `stamp`: of the take that gave it a slot, whose call was `answered` at that
         time.monotonic() (None: no call was made, the slot frees)."""
-        recorded = await self._settle_op(
-            entry_id,
-            "dead",
-            http_status=http_status,
-            duration=duration_ms,
-            reason=reason,
-            last_status=last_status,
-            attempts=attempts,
-            stamp=stamp,
-            answered=answered,
-        )
+        keys = i.BuryKeys(self.keys.stream, self._results, self.keys.dead, self.keys.slots)
+
+        async def op() -> Any:
+            args = i.BuryArgs(
+                self.keys.group,
+                self.consumer,
+                entry_id,
+                reason,
+                last_status,
+                "" if http_status is None else http_status,
+                attempts,
+                duration_ms,
+                self._results_maxlen,
+                self._delete_acked,
+                stamp,
+                -1 if answered is None else ago_ms(answered, time.monotonic()),
+                self._limiter.window_ms,
+            )
+            return await self._bury(keys, args)
+
+        recorded = bool(await self._guard.run(op, "recording a task as dead"))
         if recorded:
             log.warning("task %s dead-lettered: %s", entry_id, reason)
         return recorded
-
-    async def _settle_op(
-        self,
-        entry_id: str,
-        mode: str,
-        *,
-        http_status: int | None = None,
-        duration: int = 0,
-        delay_ms: int = 0,
-        member: str = "",
-        reason: str = "",
-        last_status: str = "",
-        attempts: int = 0,
-        stamp: str = "",
-        answered: float | None = None,
-    ) -> bool:
-        keys = [
-            self.keys.stream,
-            self.keys.retry,
-            self.keys.results or self.keys.stream,
-            self.keys.dead,
-            self.keys.slots,
-        ]
-        args = [
-            self.keys.group,
-            self.consumer,
-            self.keys.waiting_consumer,
-            entry_id,
-            mode,
-            "" if http_status is None else http_status,
-            duration,
-            self._results_maxlen,
-            1 if self._delete_acked else 0,
-            delay_ms,
-            member,
-            reason,
-            last_status,
-            attempts,
-            stamp,
-            -1,  # when the call was answered, set for each attempt
-            self._limiter.window_ms,
-        ]
-
-        async def op() -> Any:
-            if answered is not None:
-                args[15] = ago_ms(answered, time.monotonic())
-            return await self._settle(keys=keys, args=args)
-
-        return bool(await self._guard.run(op, f"recording a task as {mode}"))

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import anyio
 
-from ..queue.queue import ACK_BATCH, Queue, Success
+from ..queue.entries import Success
+from ..queue.queue import ACK_BATCH, Queue
 
 # A batch waits this long for more successes, unless it already has LINGER_UNTIL of them. The
-# calls wait with it (a slot is held until its outcome is recorded): measured, 0.3 ms gives
+# calls wait with it (capacity is held until the outcome is recorded): measured, 0.3 ms gives
 # batches that halve the Redis work per task without costing throughput, where 1 ms cost 30%.
 LINGER_SECONDS = 0.0003
 LINGER_UNTIL = 4

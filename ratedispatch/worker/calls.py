@@ -10,15 +10,16 @@ from typing import Any
 import anyio
 import httpx
 
-from ..connection import RedisGuard
 from ..errors import InvalidTask
+from ..guard import RedisGuard
 from ..limits.window import Limiter
-from ..queue.queue import Grant, Queue, Success
+from ..queue.entries import Grant, Success
+from ..queue.queue import Queue
 from ..settings import Settings
 from ..task import build_request, parse_entry
-from ..worker.acks import Acker
-from ..worker.metrics import Metrics
-from ..worker.outcome import Outcome, Verdict, classify_exception, classify_response, retry_delay
+from .acks import Acker
+from .metrics import Metrics
+from .outcome import Outcome, Verdict, classify_exception, classify_response, retry_delay
 
 log = logging.getLogger("ratedispatch.worker")
 

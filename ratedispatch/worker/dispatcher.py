@@ -18,25 +18,21 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.asyncio import Redis
 
-from ..connection import RedisGuard
-from ..errors import InvalidTask
+from ..guard import RedisGuard
 from ..keys import Keys
 from ..limits.window import Limiter
 from ..queue.consumers import Consumers
-from ..queue.queue import Entry, Grant, Queue, TakeStatus
+from ..queue.entries import Grant, TakeStatus
+from ..queue.queue import Queue
 from ..settings import Settings
-from ..task import Task, parse_entry
-from ..worker.calls import Caller
-from ..worker.metrics import Metrics
+from .calls import Caller
+from .capacity import Capacity
+from .metrics import Metrics
+from .reader import IDLE_POLL_SECONDS, READ_BATCH, SHIELD_SECONDS, Reader
 
 log = logging.getLogger("ratedispatch.worker")
 
-READ_BATCH = 500
 READ_BLOCK_MS = 1000
-# How often an idle dispatch loop looks for work other workers' readers indexed.
-IDLE_POLL_SECONDS = 0.25
-# Redis work that must not be cut in half by a stop (a take whose grants would be orphaned).
-SHIELD_SECONDS = 5.0
 # Consumers that hold nothing and were idle this long are stopped workers: their records go.
 CONSUMER_PRUNE_MS = 3_600_000
 # /healthz fails when Redis has not answered this worker for this long.
@@ -57,10 +53,10 @@ class Dispatcher:
         metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`transport`: the one `http` sends with, to send requests on it directly."""
+        """`transport`: the one `http` sends with, to send requests on it directly.
+        `read_block_ms` 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not
+        wake blocked reads)."""
         self._settings = settings
-        # 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not wake blocked reads)
-        self._read_block_ms = read_block_ms
         self.metrics = metrics or Metrics()
         self.running = False
         self.keys = Keys.from_settings(settings)
@@ -71,15 +67,7 @@ class Dispatcher:
             # Only idle connections: closing one another task is using breaks redis-py mid-call.
             reset=lambda: redis.connection_pool.disconnect(inuse_connections=False),
         )
-        self.queue = Queue(
-            redis,
-            self.keys,
-            settings.consumer,
-            self.limiter,
-            self.guard,
-            results_maxlen=settings.results_maxlen,
-            delete_acked=settings.delete_acked,
-        )
+        self.queue = Queue.from_settings(redis, settings, self.limiter, self.guard)
         self.consumers = Consumers(redis, self.keys, settings.consumer, self.guard)
         self._caller = Caller(
             settings,
@@ -91,18 +79,18 @@ class Dispatcher:
             rng or random.Random(),
             transport,
         )
-        self._slots = anyio.Semaphore(settings.concurrency)
+        self.capacity = Capacity(settings.concurrency)
         self._intake = anyio.CancelScope()
         self._wake = anyio.Event()
-        self._freed = anyio.Event()
-        # True while the last look found nothing waiting in the index or for a backoff. False
-        # until the first look: a worker that starts on a backlog reads it in whole batches, so
-        # workers starting together do not split it in small reads and give slots to the best
-        # of their own share only.
-        self._fast = False
-        self._last_admit = float("-inf")
-        # Entries read and kept back (READ_ON): they come back with the reader's next read.
-        self._carry: list[tuple[Entry, Task]] = []
+        self.reader = Reader(
+            settings,
+            self.queue,
+            self.capacity,
+            start_calls=self._start_calls,
+            bury_invalid=self._bury_invalid,
+            wake_dispatch=self._wake_dispatch,
+            read_block_ms=read_block_ms,
+        )
         self._calls: TaskGroup | None = None
         # Grants go to long-lived caller tasks (one per call in flight, at most CONCURRENCY):
         # a task per call cost about 8 us of a worker's 0.24 ms of CPU per task (measured).
@@ -136,7 +124,7 @@ class Dispatcher:
                 self.running = True
                 try:
                     async with anyio.create_task_group() as loops:
-                        loops.start_soon(self._read_loop)
+                        loops.start_soon(self.reader.run)
                         loops.start_soon(self._dispatch_loop)
                         loops.start_soon(self._reclaim_loop)
                 finally:
@@ -157,7 +145,10 @@ class Dispatcher:
         log.info("worker %s stopped", self.queue.consumer)
 
     def health(self) -> tuple[bool, str]:
-        """For /healthz: the loops run, and Redis answered within HEALTH_REDIS_SECONDS."""
+        """For /healthz: the loops run, Redis does not refuse commands, and it answered within
+        HEALTH_REDIS_SECONDS."""
+        if self.guard.refused and self.guard.trouble:
+            return False, f"{self.guard.trouble} for {self.guard.down_for():.0f}s"
         if not self.running:
             return False, "the worker loops are not running"
         silent = time.monotonic() - self.guard.last_ok
@@ -168,126 +159,34 @@ class Dispatcher:
     async def _recreate_group(self) -> None:
         await self.queue.ensure_group()
 
-    # -- reading: stream -> calls, or the priority index ----------------------------------
+    def _wake_dispatch(self) -> None:
+        self._wake.set()
 
-    async def _read_loop(self) -> None:
-        try:
-            await self._read()
-        finally:
-            await self._index_carry()  # stopping: what we kept back is for any worker
-
-    async def _index_carry(self) -> None:
-        """Entries kept back (READ_ON) go into the priority index without waiting for more."""
-        if self._carry:
-            with anyio.move_on_after(SHIELD_SECONDS, shield=True):
-                await self.queue.take(0, self._carry)
-                self._carry = []
-
-    async def _read(self) -> None:
-        after = "0"
-        while True:  # first, entries a previous process with our consumer name left behind
-            entries = await self.queue.read_own_pending(READ_BATCH, after)
-            if not entries:
-                break
-            after = entries[-1].id
-            await self._shielded_ingest(entries, reread=True)
-        while True:
-            if self._fast and not self._carry:
-                # Nothing waits in the index: read only what can be called now, so the entries
-                # go straight to their calls (anything read beyond would be indexed first).
-                while not self._slots.value:
-                    await self._freed.wait()
-                    self._freed = anyio.Event()
-                count = self._slots.value
-            else:
-                waiting = await self.queue.waiting()
-                room = self._settings.max_waiting - waiting - len(self._carry)
-                if room <= 0:
-                    # Back-pressure: the backlog stays in the stream until the index drains.
-                    await self._index_carry()
-                    await anyio.sleep(IDLE_POLL_SECONDS)
-                    continue
-                count = min(READ_BATCH, room)
-            # Carrying entries, read on at once: they wait for this read.
-            block_ms = 0 if self._carry else self._read_block_ms
-            entries = await self.queue.read_new(count, block_ms)
-            if entries or self._carry:
-                with anyio.move_on_after(SHIELD_SECONDS, shield=True):
-                    # Entries just read are pending under our name: finish with them even when
-                    # stopping.
-                    await self._admit(entries, drained=len(entries) < count)
-            elif not self._read_block_ms:
-                await anyio.sleep(IDLE_POLL_SECONDS)
-
-    async def _admit(self, entries: Sequence[Entry], *, drained: bool) -> None:
-        """Just-read entries: called at once when nothing waits or competes with them and a
-        slot is free (in one script, the fast path), else put in the priority index; or, when
-        more is unread, kept back to go in with it (so the index never holds part of a backlog
-        that another worker could give a slot from while better tasks are still unread)."""
-        fresh = self._carry + await self._parse(entries)
-        self._carry = []
-        if not fresh:
-            return
-        want = self._reserve(len(fresh))
-        self._last_admit = time.monotonic()
-        take = None
-        try:
-            keep = len(fresh) < READ_BATCH
-            take = await self.queue.take(want, fresh, drained=drained, keep=keep)
-        finally:
-            # Cut short (Redis away past the shield's deadline): the slots go back all the same.
-            self._start_calls(take.grants if take else [], want)
-        assert take is not None  # else the take raised
-        if take.status is TakeStatus.READ_ON:
-            self._carry = fresh
-            self._fast = False
-            return
-        self._fast = take.fast and len(take.grants) == len(fresh)
-        if not self._fast and drained:
-            self._wake.set()  # the index holds what the stream held: the dispatch loop takes
-
-    async def _shielded_ingest(self, entries: Sequence[Entry], *, reread: bool) -> None:
-        """Entries reclaimed or left by a previous process: into the priority index."""
-        with anyio.move_on_after(SHIELD_SECONDS, shield=True):
-            valid = await self._parse(entries)
-            if valid:
-                await self.queue.defer(((e.id, t.priority) for e, t in valid), reread=reread)
-                self._fast = False
-                self._wake.set()
-
-    async def _parse(self, entries: Sequence[Entry]) -> list[tuple[Entry, Task]]:
-        """The valid entries with their task; the invalid ones are dead-lettered."""
-        valid = []
-        for entry in entries:
-            try:
-                task = parse_entry(
-                    entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes
-                )
-            except InvalidTask as exc:
-                await self._caller.bury(
-                    entry.id, exc.reason, "invalid", last_status="invalid", attempts=0
-                )
-                continue
-            valid.append((entry, task))
-        return valid
+    async def _bury_invalid(self, entry_id: str, reason: str) -> bool:
+        return await self._caller.bury(
+            entry_id, reason, "invalid", last_status="invalid", attempts=0
+        )
 
     # -- dispatching: index -> calls ------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
         while True:
-            if self._fast and time.monotonic() - self._last_admit < IDLE_POLL_SECONDS:
+            if self.reader.fast and time.monotonic() - self.reader.last_take < IDLE_POLL_SECONDS:
                 # The reader is busy on the fast path, and each of its takes looks at the index
                 # and the retries too: a take here would only compete with it for slots.
                 with anyio.move_on_after(IDLE_POLL_SECONDS):
                     await self._wake.wait()
                 self._wake = anyio.Event()
                 continue
-            await self._slots.acquire()
-            want = 1 + self._reserve(self._settings.concurrency)
+            await self.capacity.acquire()
+            want = 1 + self.capacity.reserve(self._settings.concurrency)
             take = None
             with anyio.move_on_after(SHIELD_SECONDS, shield=True):
                 take = await self.queue.take(want)
-            if take is None:  # stopping while Redis is away: nothing was taken that we know of
+            if take is None:
+                # Cut short after SHIELD_SECONDS: stopping while Redis stalls or is away. A take
+                # that did happen is not known here; its entries stay pending under our name
+                # and are reclaimed or read again by the next process of the same name.
                 self._start_calls([], want)
                 continue
             self._start_calls(take.grants, want)
@@ -299,7 +198,7 @@ class Dispatcher:
                 await anyio.sleep(max(take.wait or 0.0, 0.001))
             else:
                 if take.wait is None:
-                    self._fast = True  # nothing in the index, no backoff pending
+                    self.reader.fast = True  # nothing in the index, no backoff pending
                 timeout = IDLE_POLL_SECONDS
                 if take.wait is not None:
                     timeout = min(timeout, take.wait)
@@ -307,16 +206,8 @@ class Dispatcher:
                     await self._wake.wait()
                 self._wake = anyio.Event()
 
-    def _reserve(self, most: int) -> int:
-        """Acquire up to `most` free concurrency slots without waiting; returns how many."""
-        n = 0
-        while n < most and self._slots.value:
-            self._slots.acquire_nowait()
-            n += 1
-        return n
-
     def _start_calls(self, grants: Sequence[Grant], reserved: int) -> None:
-        """Start a call for each grant, on the `reserved` slots; the unused ones go back."""
+        """Start a call for each grant, on `reserved` capacity; the unused capacity goes back."""
         assert self._calls is not None
         if grants:
             self.metrics.slots_granted.inc(len(grants))
@@ -326,29 +217,23 @@ class Dispatcher:
         while self._callers < self.in_flight:  # else an idle caller takes the grant
             self._callers += 1
             self._calls.start_soon(self._call_loop)
-        self._release(reserved - len(grants))
+        self.capacity.release(reserved - len(grants))
 
     async def _call_loop(self) -> None:
         async for grant in self._grants[1]:
             await self._call(grant)
-
-    def _release(self, n: int) -> None:
-        for _ in range(n):
-            self._slots.release()
-        if n:
-            self._freed.set()
 
     async def _call(self, grant: Grant) -> None:
         self.metrics.in_flight.inc()
         try:
             await self._caller.call(grant)
         finally:
-            # The slot is held until the outcome is recorded, not only while the API answers:
+            # Capacity is held until the outcome is recorded, not only while the API answers:
             # so a worker never holds more than CONCURRENCY entries it has called and not yet
             # recorded, which bounds the calls repeated if it dies or its Redis connection hangs.
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            self._release(1)
+            self.capacity.release(1)
 
     # -- reclaiming: a dead worker's entries -> priority index ----------------------------
 
@@ -373,7 +258,7 @@ class Dispatcher:
                         len(entries),
                         self._settings.reclaim_idle_seconds,
                     )
-                    await self._shielded_ingest(entries, reread=False)
+                    await self.reader.index_held(entries, reread=False)
                 if dropped:
                     log.warning(
                         "%d pending tasks no longer exist in the stream (trimmed or deleted); "

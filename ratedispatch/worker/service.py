@@ -3,24 +3,55 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 
 import anyio
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
-from ..connection import connect, socket_timeout_for
+from ..connection import MAX_CONNECTIONS, connect, socket_timeout_for
+from ..errors import ConfigError
 from ..ops import status
-from ..settings import Settings
-from ..worker.dispatcher import Dispatcher
-from ..worker.httpclient import make_http_client, make_transport
-from ..worker.metrics import Metrics, MetricsServer
+from ..settings import ENV_PREFIX, Settings
+from .dispatcher import Dispatcher
+from .httpclient import make_http_client, make_transport
+from .metrics import Metrics, MetricsServer
 
 log = logging.getLogger("ratedispatch")
 GAUGE_REFRESH_SECONDS = 5.0
+# Files a worker opens beside its HTTP connections: Redis connections (MAX_CONNECTIONS), the
+# metrics server, the event loop, logs.
+OTHER_FILES = MAX_CONNECTIONS + 192
+
+
+def open_files_for(concurrency: int) -> int:
+    """Raise this process's open-file limit to what CONCURRENCY needs: a connection to the API
+    for each call in flight, and the rest. Returns the limit now in force; ConfigError when the
+    hard limit is too low and cannot be raised."""
+    needed = concurrency + OTHER_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        raised = (needed, hard)
+    else:
+        raised = (needed, needed)  # a privileged process may raise its hard limit too
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, raised)
+    except (ValueError, OSError):
+        raise ConfigError(
+            f"{ENV_PREFIX}CONCURRENCY={concurrency} needs up to {needed} open files, but this "
+            f"process may open at most {hard}: raise the limit (`ulimit -n {needed}`; "
+            f"`--ulimit nofile={needed}` for docker run; LimitNOFILE={needed} for systemd) "
+            "or lower the concurrency"
+        ) from None
+    log.info("open-file limit raised from %d to %d for the concurrency", soft, needed)
+    return needed
 
 
 async def run_worker(settings: Settings) -> None:
+    open_files_for(settings.concurrency)
     log.info("effective settings: %s", settings.described())
     redis = connect(
         settings.redis_url,

@@ -1,0 +1,144 @@
+"""The inputs of the queue's scripts, named and ordered as each script's header names them
+(tests/test_scripts.py holds the two together)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..scripts import declare
+
+
+@dataclass(frozen=True, slots=True)
+class StreamKey:
+    stream: str
+
+
+@dataclass(frozen=True, slots=True)
+class TakeKeys:
+    rate: str
+    index: str
+    retry: str
+    stream: str
+    slots: str
+
+
+@dataclass(frozen=True, slots=True)
+class TakeArgs:
+    limit: int
+    window_ms: int
+    want: int
+    group: str
+    me: str
+    waiting: str
+    promote_max: int
+    pending_bound: int
+    drained: bool
+    keep: bool
+    deadline_ms: int
+    fresh: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexKeys:
+    stream: str
+    index: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexArgs:
+    group: str
+    me: str
+    waiting: str
+    pending_bound: int
+    reread: bool
+    members: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AcksKeys:
+    stream: str
+    results: str
+    slots: str
+
+
+@dataclass(frozen=True, slots=True)
+class AcksArgs:
+    group: str
+    me: str
+    results_maxlen: int
+    delete_acked: bool
+    lowest: str
+    highest: str
+    pending_bound: int
+    window_ms: int
+    # (id, http_status, duration_ms, attempts, stamp, answered ms ago) for each entry
+    answers: Sequence[tuple[str, int, int, int, str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryKeys:
+    stream: str
+    retry: str
+    slots: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetryArgs:
+    group: str
+    me: str
+    waiting: str
+    id: str
+    member: str
+    delay_ms: int
+    stamp: str
+    answered_ago_ms: int
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class BuryKeys:
+    stream: str
+    results: str
+    dead: str
+    slots: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuryArgs:
+    group: str
+    me: str
+    id: str
+    reason: str
+    last_status: str
+    http_status: int | str  # '' when there was no response
+    attempts: int
+    duration_ms: int
+    results_maxlen: int
+    delete_acked: bool
+    stamp: str
+    answered_ago_ms: int
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimArgs:
+    group: str
+    me: str
+    min_idle_ms: int
+    ids: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RetireArgs:
+    group: str
+    names: Sequence[str]
+
+
+TAKE = declare("queue/take.lua", TakeKeys, TakeArgs)
+INDEX = declare("queue/index.lua", IndexKeys, IndexArgs)
+ACKS = declare("queue/acks.lua", AcksKeys, AcksArgs)
+RETRY = declare("queue/retry.lua", RetryKeys, RetryArgs)
+BURY = declare("queue/bury.lua", BuryKeys, BuryArgs)
+RECLAIM = declare("queue/reclaim.lua", StreamKey, ReclaimArgs)
+RETIRE = declare("queue/retire.lua", StreamKey, RetireArgs)

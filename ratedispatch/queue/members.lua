@@ -1,0 +1,21 @@
+-- Index members are "<rank><ms:20 digits>-<seq:20 digits>": all scores are equal, so the sorted
+-- set orders them by priority rank, then by exact entry id (queue/entries.py makes them).
+
+-- The entry id of an index member.
+local function member_id(member)
+  local ms = (string.gsub(string.sub(member, 2, 21), '^0+', ''))
+  local seq = (string.gsub(string.sub(member, 23), '^0+', ''))
+  if ms == '' then ms = '0' end
+  if seq == '' then seq = '0' end
+  return ms .. '-' .. seq
+end
+
+-- The smallest and largest entry id of index members (their padded form sorts as text).
+local function id_range(members)
+  local lo, hi = members[1], members[1]
+  for _, m in ipairs(members) do
+    if string.sub(m, 2) < string.sub(lo, 2) then lo = m end
+    if string.sub(m, 2) > string.sub(hi, 2) then hi = m end
+  end
+  return member_id(lo), member_id(hi)
+end

@@ -1,0 +1,162 @@
+"""The reader: new entries from the stream go straight to calls (the fast path) or into the
+priority index, in one take each; entries another process left are indexed first.
+
+It keeps three facts between reads: whether the fast path is open (nothing waited in the index
+or for a backoff at the last look), the entries it kept back (READ_ON) to bring with its next
+read, and when it last took.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+
+from ..errors import InvalidTask
+from ..queue.entries import Entry, Grant, TakeStatus
+from ..queue.queue import Queue
+from ..settings import Settings
+from ..task import Task, parse_entry
+from .capacity import Capacity
+
+READ_BATCH = 500
+# How long an idle reader without a blocking read (the embedded fakeredis) waits between reads,
+# and a reader under back-pressure waits for the index to drain.
+IDLE_POLL_SECONDS = 0.25
+# Redis work that must not be cut in half by a stop (a take whose grants would be orphaned).
+SHIELD_SECONDS = 5.0
+
+
+class Reader:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: Queue,
+        capacity: Capacity,
+        *,
+        start_calls: Callable[[Sequence[Grant], int], None],
+        bury_invalid: Callable[[str, str], Awaitable[object]],
+        wake_dispatch: Callable[[], None],
+        read_block_ms: int,
+    ) -> None:
+        """`start_calls(grants, reserved)` calls the grants on the `reserved` capacity and
+        releases the rest; `bury_invalid(entry id, reason)` dead-letters an invalid entry;
+        `wake_dispatch()` tells the dispatch loop the index has work."""
+        self._settings = settings
+        self._queue = queue
+        self._capacity = capacity
+        self._start_calls = start_calls
+        self._bury_invalid = bury_invalid
+        self._wake_dispatch = wake_dispatch
+        # 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not wake blocked reads)
+        self._read_block_ms = read_block_ms
+        # True while the last look found nothing waiting in the index or for a backoff. False
+        # until the first look: a worker that starts on a backlog reads it in whole batches, so
+        # workers starting together do not split it in small reads and give slots to the best
+        # of their own share only.
+        self.fast = False
+        self.last_take = float("-inf")  # time.monotonic() of the reader's last take
+        # Entries read and kept back (READ_ON): they come back with the reader's next read.
+        self._carry: list[tuple[Entry, Task]] = []
+
+    def close_fast_path(self) -> None:
+        """Something waits in the index now: the next reads go through the take's checks."""
+        self.fast = False
+
+    async def run(self) -> None:
+        try:
+            await self._read()
+        finally:
+            await self._index_carry()  # stopping: what we kept back is for any worker
+
+    async def index_held(self, entries: Sequence[Entry], *, reread: bool) -> None:
+        """Entries reclaimed or left by a previous process: into the priority index."""
+        with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+            valid = await self._parse(entries)
+            if valid:
+                await self._queue.index_held(((e.id, t.priority) for e, t in valid), reread=reread)
+                self.fast = False
+                self._wake_dispatch()
+
+    async def _index_carry(self) -> None:
+        """Entries kept back (READ_ON) go into the priority index without waiting for more."""
+        if self._carry:
+            with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+                await self._queue.index(self._carry)
+                self._carry = []
+
+    async def _read(self) -> None:
+        after = "0"
+        while True:  # first, entries a previous process with our consumer name left behind
+            entries = await self._queue.read_own_pending(READ_BATCH, after)
+            if not entries:
+                break
+            after = entries[-1].id
+            await self.index_held(entries, reread=True)
+        while True:
+            if self.fast and not self._carry:
+                # Nothing waits in the index: read only what can be called now, so the entries
+                # go straight to their calls (anything read beyond would be indexed first).
+                count = await self._capacity.wait_free()
+            else:
+                indexed = await self._queue.index_size()
+                room = self._settings.max_waiting - indexed - len(self._carry)
+                if room <= 0:
+                    # Back-pressure: the backlog stays in the stream until the index drains.
+                    await self._index_carry()
+                    await anyio.sleep(IDLE_POLL_SECONDS)
+                    continue
+                count = min(READ_BATCH, room)
+            # Carrying entries, read on at once: they wait for this read.
+            block_ms = 0 if self._carry else self._read_block_ms
+            entries = await self._queue.read_new(count, block_ms)
+            if entries or self._carry:
+                with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+                    # Entries just read are pending under our name: finish with them even when
+                    # stopping.
+                    await self._admit(entries, drained=len(entries) < count)
+            elif not self._read_block_ms:
+                await anyio.sleep(IDLE_POLL_SECONDS)
+
+    async def _admit(self, entries: Sequence[Entry], *, drained: bool) -> None:
+        """Just-read entries: called at once when nothing waits or competes with them and
+        capacity is free (in one script, the fast path), else indexed; or, when more is
+        unread, kept back to go in with it (so the index never holds part of a backlog that
+        another worker could give a slot from while better tasks are still unread)."""
+        fresh = self._carry + await self._parse(entries)
+        self._carry = []
+        if not fresh:
+            return
+        want = self._capacity.reserve(len(fresh))
+        self.last_take = time.monotonic()
+        take = None
+        try:
+            keep = len(fresh) < READ_BATCH
+            take = await self._queue.take(want, fresh, drained=drained, keep=keep)
+        finally:
+            # Cut short (Redis away past the shield's deadline): the capacity goes back all
+            # the same.
+            self._start_calls(take.grants if take else [], want)
+        assert take is not None  # else the take raised
+        if take.status is TakeStatus.READ_ON:
+            self._carry = fresh
+            self.fast = False
+            return
+        self.fast = take.fast and len(take.grants) == len(fresh)
+        if not self.fast and drained:
+            self._wake_dispatch()  # the index holds what the stream held: the loop takes
+
+    async def _parse(self, entries: Sequence[Entry]) -> list[tuple[Entry, Task]]:
+        """The valid entries with their task; the invalid ones are dead-lettered."""
+        valid = []
+        for entry in entries:
+            try:
+                task = parse_entry(
+                    entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes
+                )
+            except InvalidTask as exc:
+                await self._bury_invalid(entry.id, exc.reason)
+                continue
+            valid.append((entry, task))
+        return valid
