@@ -96,3 +96,19 @@ def make_settings(**overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def cli_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_server: RedisServer
+) -> redis_sync.Redis:
+    """The command line against the shared real redis-server, emptied first: no RATEDISPATCH_
+    variable or `.env` of the machine's applies."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("RATEDISPATCH_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("RATEDISPATCH_REDIS_URL", redis_server.url)
+    client = redis_sync.Redis.from_url(redis_server.url)
+    client.flushall()
+    return client

@@ -5,7 +5,6 @@ The Redis-backed tests run on fakeredis and on a real redis-server (the `redis` 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import cast
 
@@ -21,8 +20,8 @@ from ratedispatch.ops.status import Status, collect, render
 from ratedispatch.queue import read_stream
 
 from .conftest import make_settings
-from .helpers import add_tasks, dispatcher_for, index_all
-from .redis_server import RedisServer, free_port
+from .helpers import add_tasks, index_all, queue_for
+from .redis_server import free_port
 
 STATUS_FIELDS = {
     "stream", "group", "group_exists", "stream_length", "not_delivered", "pending", "waiting",
@@ -46,7 +45,7 @@ async def test_status_counts_waiting_by_priority_in_flight_and_flags_dead_consum
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=10, reclaim_idle_seconds=0.1, http_timeout_seconds=0.05)
-    dead_worker = dispatcher_for(make_settings(consumer="gone-worker"), redis).queue
+    dead_worker = queue_for(make_settings(consumer="gone-worker"), redis)
     await add_tasks(redis, settings, "high", "high", "normal", "low", "low", "low")
     await index_all(dead_worker)
     await dead_worker.take(1)  # one high task in flight, then the worker "died"
@@ -70,7 +69,7 @@ async def test_status_counts_waiting_by_priority_in_flight_and_flags_dead_consum
 @pytest.mark.anyio
 async def test_requeue_puts_the_original_fields_back_and_removes_the_letter(redis: Redis) -> None:
     settings = make_settings()
-    queue = dispatcher_for(settings, redis).queue
+    queue = queue_for(settings, redis)
     await redis.xadd(settings.stream, {"endpoint": "/a", "reason": "mine", "n": "1"})
     [entry] = await queue.read_new(10, 0)
     await queue.bury(entry.id, "the API refused it", last_status="404", attempts=1)
@@ -109,20 +108,6 @@ def test_durations() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"e\.g\. 7d"):
         parse_duration("a week")
-
-
-@pytest.fixture
-def cli_env(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_server: RedisServer
-) -> redis_sync.Redis:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("RATEDISPATCH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("RATEDISPATCH_REDIS_URL", redis_server.url)
-    client = redis_sync.Redis.from_url(redis_server.url)
-    client.flushall()
-    return client
 
 
 def test_cli_status_json_and_text(

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -354,19 +352,10 @@ async def test_purge_all_deletes_what_it_counted(
 
 
 @pytest.fixture
-def cli_redis(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_server: RedisServer
-) -> redis_sync.Redis:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("RATEDISPATCH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("RATEDISPATCH_REDIS_URL", redis_server.url)
-    client = redis_sync.Redis.from_url(redis_server.url)
-    client.flushall()
+def cli_redis(cli_env: redis_sync.Redis) -> redis_sync.Redis:
     for n in range(25):
-        client.xadd(KEYS.dead, letter(n))  # type: ignore[arg-type]
-    return client
+        cli_env.xadd(KEYS.dead, letter(n))  # type: ignore[arg-type]
+    return cli_env
 
 
 def test_cli_requeue_all_ends_with_one_summary_line_and_no_bar_off_a_terminal(
