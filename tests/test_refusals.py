@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -207,8 +208,12 @@ def test_a_worker_under_maxmemory_stays_up_and_finishes_every_task_once_memory_i
             assert json.loads(status_json.stdout)["stream"] == "external:api:tasks:stream"
             assert pool.alive() == [0, 1]
             assert len(api.snapshot()) - calls_during <= 2 * 8, "no call it cannot record"
+            during = len(api.snapshot()) - calls_during
+            done_before = int(tiny.xlen(RESULTS))
             refuse_writes(tiny, False)
+            freed = time.monotonic()
             wait_for(lambda: tiny.xlen(RESULTS) >= len(tasks), 90, "every task's result")
+            finish = time.monotonic() - freed
             assert all(healthz(port)[0] == 200 for port in ports)
             codes = pool.terminate_all()
             logs = [pool.log(n) for n in (0, 1)]
@@ -222,3 +227,8 @@ def test_a_worker_under_maxmemory_stays_up_and_finishes_every_task_once_memory_i
     for log in logs:
         assert log.count("refuses commands") == 1, log
         assert "accepts commands again" in log and "Traceback" not in log
+    print(
+        f"\nrefusal {when}: {done_before} of {len(tasks)} done when memory was freed, "
+        f"{during} calls answered during the refusal, the rest done {finish:.1f}s after; "
+        "0 repeated, 0 dead"
+    )
