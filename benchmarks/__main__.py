@@ -34,13 +34,11 @@ def api_used() -> str:
         return (
             "The API is nginx (`return 200`), its access log (`$msec`) the observer of every "
             "call; the latency scenario uses `python -m ratedispatch.devtools.mockapi` instead, "
-            "which "
-            "records arrivals to the microsecond (nginx logs whole milliseconds)."
+            "which records arrivals to the microsecond (nginx logs whole milliseconds)."
         )
     return (
         "The API is `python -m ratedispatch.devtools.mockapi` in its own process (one asyncio "
-        "loop, "
-        "calls recorded in memory); nginx is not installed on this machine."
+        "loop, calls recorded in memory); nginx is not installed on this machine."
     )
 
 
