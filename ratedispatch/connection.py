@@ -36,4 +36,4 @@ def connect(url: str, *, socket_timeout: float = 15.0) -> Redis:
         health_check_interval=30,
         retry=Retry(NoBackoff(), 0),
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes its connections

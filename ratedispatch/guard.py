@@ -2,8 +2,9 @@
 
 An outage is Redis not answering (a restart, a failover, the network), or Redis answering that
 it refuses the command for now: OOM (maxmemory reached), MISCONF (persistence failing), BUSY (a
-script running long), LOADING, READONLY, MASTERDOWN, TRYAGAIN, CLUSTERDOWN. Each clears by
-itself, so a worker waits it out instead of exiting: a crash loop across a fleet helps nobody.
+script running long), LOADING, READONLY, MASTERDOWN, TRYAGAIN, CLUSTERDOWN, NOREPLICAS. Each
+clears by itself (READONLY and MASTERDOWN once the pool is dropped and reconnects to the primary),
+so a worker waits it out instead of exiting: a crash loop across a fleet helps nobody.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ REFUSED_CLASSES: dict[type[BaseException], str] = {
     rexc.MasterDownError: "MASTERDOWN",  # before its base class, ClusterDownError
     rexc.ClusterDownError: "CLUSTERDOWN",
 }
-REFUSED_CODES = frozenset({"MISCONF", "BUSY", *REFUSED_CLASSES.values()})
+REFUSED_CODES = frozenset({"MISCONF", "BUSY", "NOREPLICAS", *REFUSED_CLASSES.values()})
+# Refusals that mean the connection reached a replica: the pool is dropped to find the primary.
+REPLICA_CODES = frozenset({"READONLY", "MASTERDOWN"})
+# A refusal ends when the operation Redis refused succeeds, or when nothing was refused for this
+# long: Redis out of memory still answers reads and some writes, which end nothing.
+REFUSAL_QUIET_SECONDS = 1.0
 
 
 def refusal(exc: BaseException) -> str | None:
@@ -81,9 +87,7 @@ class RedisGuard:
         # Why the current outage is one, for /healthz: None when Redis answers.
         self.trouble: str | None = None
         self.refused = False  # the current outage is Redis refusing, not Redis away
-        # What Redis refused in the current outage. Redis out of memory still answers reads,
-        # and some writes: only when a refused kind of operation succeeds has it ended.
-        self._refused_ops: set[str] = set()
+        self._refused_at = float("-inf")  # time.monotonic() of the last refusal
         self.last_ok = time.monotonic()
 
     def recovered_within(self, seconds: float) -> bool:
@@ -98,33 +102,45 @@ class RedisGuard:
 
     async def run(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         delay = 0.05
+        refused = False  # this operation met a refusal: its own success ends the episode
         while True:
             try:
                 result = await op()
-            except UNREACHABLE as exc:
-                if isinstance(exc, rexc.BusyLoadingError):
-                    self._down(exc, what, refused="LOADING")
-                else:
-                    self._down(exc, what)
-                    await self._drop_connections()
-            except rexc.ResponseError as exc:
-                code = refusal(exc)
-                if code is not None:
-                    self._down(exc, what, refused=code)
-                elif is_nogroup(exc) and self._on_nogroup is not None:
-                    log.warning("the consumer group is gone (%s); creating it again", exc)
-                    try:
-                        await self._on_nogroup()
-                    except UNREACHABLE as again:
-                        self._down(again, what)
-                    continue
-                else:
+            except Exception as exc:
+                if not await self._outage(exc, what):
                     raise
+                refused = refused or refusal(exc) is not None
+                if is_nogroup(exc):
+                    continue
             else:
-                self._up(what)
+                self._up(ended=refused)
                 return result
             await anyio.sleep(delay)
             delay = min(delay * 2, self._max_delay)
+
+    async def _outage(self, exc: Exception, what: str) -> bool:
+        """Note an error that is an outage (and act on it); False for any other error."""
+        if isinstance(exc, UNREACHABLE) and not isinstance(exc, rexc.BusyLoadingError):
+            self._down(exc, what)
+            await self._drop_connections()
+            return True
+        code = refusal(exc)
+        if code is not None:
+            self._down(exc, what, refused=code)
+            if code in REPLICA_CODES:
+                # Talking to a replica (a failover demoted our primary, which still answers):
+                # pooled connections stay pinned to it until dropped.
+                await self._drop_connections()
+            return True
+        if is_nogroup(exc) and self._on_nogroup is not None:
+            log.warning("the consumer group is gone (%s); creating it again", exc)
+            try:
+                await self._on_nogroup()
+            except Exception as again:
+                if not await self._outage(again, what) or is_nogroup(again):
+                    raise
+            return True
+        return False
 
     async def _drop_connections(self) -> None:
         # After a restart every pooled connection is dead: drop them all at once, rather than
@@ -145,15 +161,17 @@ class RedisGuard:
             self.trouble = f"Redis at {self._url} is unreachable ({type(exc).__name__}: {exc})"
         self.refused = refused is not None
         if refused is not None:
-            self._refused_ops.add(what)
+            self._refused_at = time.monotonic()
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("%s during %s; retrying with backoff", self.trouble, what)
 
-    def _up(self, what: str) -> None:
+    def _up(self, *, ended: bool) -> None:
+        """An operation succeeded; `ended`: one that Redis had refused in this outage."""
         self.last_ok = time.monotonic()
-        if self._refused_ops and what not in self._refused_ops:
-            return  # a read while writes are refused: the episode goes on
+        quiet = time.monotonic() - self._refused_at >= REFUSAL_QUIET_SECONDS
+        if self.refused and not (ended or quiet):
+            return  # a read, or a write that frees memory, while others are refused
         if self._down_since is not None:
             log.warning(
                 "Redis at %s %s again after %.1f s",
@@ -164,5 +182,4 @@ class RedisGuard:
             self._down_since = None
             self.trouble = None
             self.refused = False
-            self._refused_ops.clear()
             self._up_since = time.monotonic()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import pytest
 import redis as redis_sync
 from redis import exceptions as rexc
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.anyio
         (rexc.TryAgainError("Multiple keys request during rehashing of slot"), "TRYAGAIN"),
         (rexc.ClusterDownError("The cluster is down"), "CLUSTERDOWN"),
         (rexc.ResponseError("ERR wrong number of arguments for 'xadd' command"), None),
+        (rexc.ResponseError("NOREPLICAS Not enough good replicas to write."), "NOREPLICAS"),
         (rexc.ResponseError("NOGROUP No such key"), None),
     ],
 )
@@ -80,6 +82,76 @@ async def test_a_refusal_is_retried_with_one_line_each_way_and_said_while_it_las
     assert seen[0] is None and all("OOM" in (t or "") for t in seen[1:-1])
     assert guard.trouble is None and not guard.refused
     assert guard.recovered_within(5.0), "right after a refusal, nothing is reclaimed"
+
+
+async def test_a_refusal_ends_when_what_was_refused_succeeds_not_at_a_read_meanwhile() -> None:
+    guard = RedisGuard("redis://127.0.0.1:1/0", max_delay=0.01)
+    memory_full = True
+
+    async def take() -> str:  # a write: refused while memory is full
+        if memory_full:
+            raise rexc.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+        return "taken"
+
+    async def read() -> str:  # a read (or a write that frees memory): answered all along
+        return "read"
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(guard.run, take, "taking a slot")
+        await anyio.sleep(0.05)
+        assert guard.refused
+        assert await guard.run(read, "taking a slot") == "read"  # the same label, too
+        assert guard.refused and guard.trouble, "a read ends nothing"
+        memory_full = False
+    assert not guard.refused and guard.trouble is None
+
+
+async def test_a_replica_drops_the_pool_and_a_refused_group_creation_is_ridden_out() -> None:
+    resets: list[int] = []
+
+    async def reset() -> None:
+        resets.append(1)
+
+    errors = iter(
+        [
+            rexc.ReadOnlyError("You can't write against a read only replica."),
+            rexc.ResponseError("NOGROUP No such key 'stream' or consumer group 'g'"),
+        ]
+    )
+    recreated: list[int] = []
+
+    async def recreate() -> None:
+        recreated.append(1)
+        if len(recreated) == 1:  # the first try to create the group meets the replica too
+            raise rexc.ReadOnlyError("You can't write against a read only replica.")
+
+    guard = RedisGuard("redis://127.0.0.1:1/0", on_nogroup=recreate, reset=reset, max_delay=0.01)
+
+    async def op() -> str:
+        for error in errors:
+            raise error
+        return "done"
+
+    assert await guard.run(op, "reading new tasks") == "done"
+    assert len(resets) == 2, "READONLY twice: the pool was dropped each time"
+    assert len(recreated) == 1
+
+
+async def test_closing_a_client_closes_its_connections(redis_server: RedisServer) -> None:
+    watcher = redis_sync.Redis.from_url(redis_server.url)
+    before = len(watcher.client_list())
+    redis = connect(redis_server.url)
+
+    async def ping() -> None:
+        await redis.ping()
+
+    async with anyio.create_task_group() as tg:  # at once: five connections in the pool
+        for _ in range(5):
+            tg.start_soon(ping)
+    assert len(watcher.client_list()) > before
+    await redis.aclose()
+    await anyio.lowlevel.checkpoint()
+    wait_for(lambda: len(watcher.client_list()) == before, 5, "the connections to close")
 
 
 def snapshot(client: redis_sync.Redis) -> dict[str, Any]:
