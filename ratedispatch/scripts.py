@@ -66,6 +66,7 @@ class Source:
         return f"{self.path}:?"
 
 
+@cache
 def _read(path: str) -> str:
     return files(PACKAGE).joinpath(path).read_text(encoding="utf-8")
 

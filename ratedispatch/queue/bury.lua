@@ -24,10 +24,8 @@
 -- ARGV[13] window_ms: RATE_WINDOW_SECONDS in ms
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 --
--- include: lua/clock.lua
--- include: queue/held.lua
 -- include: queue/dead_letter.lua
--- include: limits/slot_log.lua
+-- include: queue/settling.lua
 local stream, results, dead, slots = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, me, id = ARGV[1], ARGV[2], ARGV[3]
 local reason, last_status, http_status = ARGV[4], ARGV[5], ARGV[6]
@@ -37,9 +35,8 @@ local delete_acked = ARGV[10] == '1'
 local stamp, answered_ago_ms = ARGV[11], ARGV[12]
 local window_ms = tonumber(ARGV[13])
 
-local now = now_ms()
-slots_answered(slots, window_ms, {id, stamp, answered_ago_ms}, now)
-if not held_by(stream, group, me, id, id, 1)[id] then
+local now, held = settle_slot(stream, group, me, id, slots, window_ms, stamp, answered_ago_ms)
+if not held then
   return 0
 end
 

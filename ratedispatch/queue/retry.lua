@@ -19,9 +19,7 @@
 -- ARGV[9] window_ms: RATE_WINDOW_SECONDS in ms
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 --
--- include: lua/clock.lua
--- include: queue/held.lua
--- include: limits/slot_log.lua
+-- include: queue/settling.lua
 local stream, retry, slots = KEYS[1], KEYS[2], KEYS[3]
 local group, me, waiting = ARGV[1], ARGV[2], ARGV[3]
 local id, member = ARGV[4], ARGV[5]
@@ -29,9 +27,8 @@ local delay_ms = tonumber(ARGV[6])
 local stamp, answered_ago_ms = ARGV[7], ARGV[8]
 local window_ms = tonumber(ARGV[9])
 
-local now = now_ms()
-slots_answered(slots, window_ms, {id, stamp, answered_ago_ms}, now)
-if not held_by(stream, group, me, id, id, 1)[id] then
+local now, held = settle_slot(stream, group, me, id, slots, window_ms, stamp, answered_ago_ms)
+if not held then
   return 0
 end
 -- JUSTID keeps the delivery count, which is the attempts made; the waiting consumer's entries
