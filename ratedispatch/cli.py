@@ -33,8 +33,8 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "enqueue": ("redis_url", "stream", "max_body_bytes", *_LOG),
     "status": (
         "redis_url", "stream", "group", "rate_key", "rate_limit", "rate_window_seconds",
-        "http_timeout_seconds", "reclaim_idle_seconds", "dead_letter_stream", "results_stream",
-        *_LOG,
+        "limits", "max_in_flight", "http_timeout_seconds", "reclaim_idle_seconds",
+        "dead_letter_stream", "results_stream", *_LOG,
     ),
     "dead list": ("redis_url", "dead_letter_stream", *_LOG),
     "dead requeue": ("redis_url", "dead_letter_stream", "stream", *_LOG),
@@ -98,9 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     enq.add_argument("--header", action="append", default=[], metavar="NAME=VALUE",
                      help="an extra request header; repeatable")  # fmt: skip
     enq.add_argument("--idempotency-key", help="defaults to the entry id")
+    enq.add_argument("--cost", metavar="N",
+                     help="units the call counts against every limit term (default 1)")  # fmt: skip
 
     status = sub.add_parser("status", parents=[_setting_flags("status")],
-                            help="backlog, window, consumers")  # fmt: skip
+                            help="backlog, limit terms, consumers")  # fmt: skip
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.add_argument("--watch", action="store_true", help="refresh every second")
 
@@ -252,6 +254,7 @@ def _command(settings: Settings, args: argparse.Namespace) -> Callable[[Redis], 
                 body=args.body,
                 headers=_pairs(args.header, "--header"),
                 idempotency_key=args.idempotency_key,
+                cost=args.cost,
                 max_body_bytes=settings.max_body_bytes,
             )
         except (InvalidTask, ValueError) as exc:

@@ -16,8 +16,9 @@ def key_prefix(stream: str) -> str:
 class Keys:
     stream: str
     group: str
-    rate: str
-    slots: str  # sorted set: the slot log beside the counter (limits/slot_log.lua)
+    rate: str  # the fixed-window counter of the first N/D term (limits/counter.lua)
+    flight: str  # sorted set: the calls in flight across the fleet (limits/flight.lua)
+    terms: str  # hash: the state of every limit term (limits/limits.lua)
     dead: str
     results: str | None  # None: results are disabled
     # The priority index: a sorted set of the tasks waiting for a slot, by priority then id.
@@ -34,8 +35,9 @@ class Keys:
             group=settings.group,
             rate=settings.rate_key,
             # Beside the counter, not under the stream's prefix: streams that share a RATE_KEY
-            # share one quota, so they must share its log too.
-            slots=f"{settings.rate_key}:slots",
+            # share one quota, so they must share its terms and calls in flight too.
+            flight=f"{settings.rate_key}:flight",
+            terms=f"{settings.rate_key}:terms",
             dead=settings.dead_letter_stream,
             results=settings.results_stream or None,
             index=f"{prefix}deferred",

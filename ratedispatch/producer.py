@@ -19,6 +19,7 @@ def build_entry(
     body: str | None = None,
     headers: Mapping[str, str] | None = None,
     idempotency_key: str | None = None,
+    cost: int | str | None = None,
     max_body_bytes: int = 1_048_576,
 ) -> dict[str, str]:
     """The stream entry for a task, validated as a worker would (InvalidTask if it would fail)."""
@@ -33,6 +34,7 @@ def build_entry(
         "body": body,
         "headers": json.dumps(dict(headers)) if headers else None,
         "idempotency_key": idempotency_key,
+        "cost": None if cost is None else str(cost),
     }
     entry.update({k: v for k, v in optional.items() if v is not None})
     parse_entry("0-1", entry, max_body_bytes=max_body_bytes)

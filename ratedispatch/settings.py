@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .terms import Limits
 
 ENV_PREFIX = "RATEDISPATCH_"
 
@@ -58,6 +59,9 @@ class Settings(BaseSettings):
     # holds a member per slot: the bounds are what is tested, not what Redis could hold.
     rate_limit: int = Field(100, ge=1, le=1_000_000)
     rate_window_seconds: float = Field(60.0, gt=0)
+    # Every term an API publishes (terms.py), in place of RATE_LIMIT per RATE_WINDOW_SECONDS.
+    limits: str | None = None
+    max_in_flight: int = Field(0, ge=0, le=1_000_000)
     api_base_url: str | None = None
     api_token: SecretStr | None = None
     concurrency: int = Field(16, ge=1, le=10_000)
@@ -107,8 +111,31 @@ class Settings(BaseSettings):
             raise ValueError("expected a base URL without a query or fragment")
         return value.rstrip("/")
 
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return str(Limits.parse(value))
+
+    @property
+    def limit_terms(self) -> Limits:
+        """The terms every call must find room in: LIMITS, or RATE_LIMIT per
+        RATE_WINDOW_SECONDS."""
+        if self.limits is not None:
+            return Limits.parse(self.limits)
+        return Limits.window(self.rate_limit, self.rate_window_seconds)
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
+        replaced = {"rate_limit", "rate_window_seconds"} & self.model_fields_set
+        if self.limits is not None and replaced:
+            raise ValueError(
+                f"{ENV_PREFIX}LIMITS replaces {ENV_PREFIX}RATE_LIMIT and "
+                f"{ENV_PREFIX}RATE_WINDOW_SECONDS: set {ENV_PREFIX}"
+                f"{sorted(replaced)[0].upper()} as a term of LIMITS instead (e.g. "
+                f'LIMITS="100/1m, 10000/1d")'
+            )
         if self.reclaim_idle_seconds <= self.http_timeout_seconds:
             raise ValueError(
                 f"{ENV_PREFIX}RECLAIM_IDLE_SECONDS={self.reclaim_idle_seconds:g} must exceed "

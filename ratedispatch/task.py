@@ -18,7 +18,9 @@ from .errors import InvalidTask
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 USER_AGENT = ("User-Agent", f"ratedispatch/{version('ratedispatch')}")
 # Fields the dispatcher interprets; every other field is a query parameter.
-RESERVED = frozenset({"endpoint", "method", "priority", "body", "headers", "idempotency_key"})
+RESERVED = frozenset(
+    {"endpoint", "method", "priority", "body", "headers", "idempotency_key", "cost"}
+)
 # Headers a producer may not set: they would let an entry re-target or re-frame the request,
 # or take over credentials; Idempotency-Key has its own field.
 REFUSED_HEADERS = frozenset(
@@ -75,6 +77,7 @@ class Task:
     body: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
     idempotency_key: str = ""
+    cost: int = 1  # the units its call counts against every limit term
 
 
 def _decode(value: bytes | str, what: str) -> str:
@@ -91,6 +94,16 @@ def parse_priority(value: str) -> Priority:
         return Priority[value.strip().upper()]
     except KeyError:
         raise InvalidTask(f"priority {value!r} is not one of high, normal, low") from None
+
+
+def parse_cost(value: str) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise InvalidTask(
+            f"cost {value[:40]!r} is not a whole number of 1 or more: a call costs that many "
+            "units of every limit term"
+        )
+    return int(text)
 
 
 def parse_method(value: str) -> str:
@@ -218,6 +231,7 @@ def parse_entry(
     priority = parse_priority(values["priority"]) if "priority" in values else Priority.NORMAL
     body = parse_body(values["body"], max_body_bytes) if "body" in values else None
     headers = parse_headers(values["headers"]) if "headers" in values else ()
+    cost = parse_cost(values["cost"]) if "cost" in values else 1
     key = values.get("idempotency_key", entry_id)
     if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
         raise InvalidTask(
@@ -234,6 +248,7 @@ def parse_entry(
         body=body,
         headers=headers,
         idempotency_key=key,
+        cost=cost,
     )
 
 

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from ratedispatch import Dispatcher, Settings, build_entry, enqueue
 from ratedispatch.guard import RedisGuard
 from ratedispatch.keys import Keys
-from ratedispatch.limits.window import Limiter
+from ratedispatch.limits.limiter import Limiter, TermState, Window
 from ratedispatch.queue import Consumers, Queue
 from ratedispatch.task import Priority, parse_entry
 
@@ -29,6 +29,18 @@ async def eventually(
 
 def limiter_for(settings: Settings, redis: Redis) -> Limiter:
     return Limiter.from_settings(redis, Keys.from_settings(settings), settings)
+
+
+async def counter_of(limiter: Limiter) -> Window:
+    """The fixed-window counter at RATE_KEY (of the first N/D term)."""
+    window = (await limiter.state()).window
+    assert window is not None, "no N/D term, so no counter"
+    return window
+
+
+async def term_state(limiter: Limiter, index: int = 0) -> TermState:
+    """Where the index-th term of LIMITS (or MAX_IN_FLIGHT, after them) stands."""
+    return (await limiter.state()).terms[index]
 
 
 def queue_for(settings: Settings, redis: Redis) -> Queue:
@@ -75,9 +87,11 @@ __all__ = [
     "Priority",
     "add_tasks",
     "consumers_for",
+    "counter_of",
     "dispatcher_for",
     "eventually",
     "index_all",
     "limiter_for",
     "queue_for",
+    "term_state",
 ]

@@ -26,7 +26,7 @@ from .redis_server import free_port
 STATUS_FIELDS = {
     "stream", "group", "group_exists", "stream_length", "not_delivered", "pending", "waiting",
     "retrying", "in_flight", "dead_letters", "results", "window_used", "window_limit",
-    "window_resets_in", "slots_busy", "slot_frees_in", "consumers",
+    "window_resets_in", "slots_busy", "slot_frees_in", "terms", "calls_in_flight", "consumers",
 }  # fmt: skip
 
 
@@ -56,9 +56,11 @@ async def test_status_counts_waiting_by_priority_in_flight_and_flags_dead_consum
     assert status.not_delivered == 0
     assert (status.window_used, status.window_limit) == (1, 10)
     assert status.window_resets_in is not None and 0 < status.window_resets_in <= 1
-    # Its slot is busy until the latest its call could end (HTTP deadline 1 s), plus a window.
-    assert status.slots_busy == 1
-    assert status.slot_frees_in is not None and 1.5 < status.slot_frees_in <= 1.85
+    # Its unit is busy while its call is in flight: it frees a window (1 s) after its answer at
+    # the soonest, or a window after its deadline if its worker is gone.
+    assert status.slots_busy == 1 and status.slot_frees_in == 1.0
+    assert [(t.term, t.used, t.limit) for t in status.terms] == [("10/1s", 1, 10)]
+    assert status.calls_in_flight == 1
     [consumer] = status.consumers
     assert (consumer.name, consumer.pending, consumer.likely_dead) == ("gone-worker", 1, True)
     text = render(status)

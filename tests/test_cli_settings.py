@@ -130,6 +130,9 @@ class Recorder:
     def __getattr__(self, name: str) -> Any:
         if name in Settings.model_fields:
             self.read.add(name)
+        derived = getattr(Settings, name, None)
+        if isinstance(derived, property) and derived.fget is not None:
+            return derived.fget(self)  # what it reads is read through the recorder too
         return getattr(self.real, name)
 
 

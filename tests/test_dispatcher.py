@@ -20,7 +20,7 @@ from ratedispatch.devtools.audit import Call, fixed_windows
 from ratedispatch.queue import read_stream
 
 from .conftest import API, make_settings, read_block_ms
-from .helpers import add_tasks, eventually
+from .helpers import add_tasks, counter_of, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -157,10 +157,10 @@ async def test_a_429_closes_the_window_for_every_worker(redis: Redis) -> None:
         async with running(settings, redis) as dispatcher:
 
             async def closed() -> bool:
-                return (await dispatcher.limiter.window()).full
+                return (await counter_of(dispatcher.limiter)).full
 
             await eventually(closed, what="the window to close")
-            window = await dispatcher.limiter.window()
+            window = await counter_of(dispatcher.limiter)
             assert window.used == 50 and window.resets_in is not None and window.resets_in > 0.5
             await count_is(redis, settings.results_stream, 1)
     assert len(seen) == 2 and seen[1] - seen[0] >= 0.9
@@ -185,7 +185,7 @@ async def test_a_full_window_leaves_entries_pending_until_it_reopens(redis: Redi
             await eventually(first_window_used)
             pending = (await redis.xpending(settings.stream, settings.group))["pending"]
             assert pending >= 7  # refused entries stay pending, not acknowledged
-            assert (await dispatcher.limiter.window()).used == 3
+            assert (await counter_of(dispatcher.limiter)).used == 3
             await count_is(redis, settings.results_stream, 10)
     windows = fixed_windows(calls, 0.3, tolerance=0.02)
     assert [len(w) for w in windows] == [3, 3, 3, 1]
@@ -211,7 +211,7 @@ async def test_a_burst_after_a_quiet_spell_keeps_every_window_length_within_the_
             await count_is(redis, settings.results_stream, 1)
 
             async def window_nearly_over() -> bool:
-                resets_in = (await dispatcher.limiter.window()).resets_in
+                resets_in = (await counter_of(dispatcher.limiter)).resets_in
                 return resets_in is not None and resets_in < 0.15
 
             await eventually(window_nearly_over, what="the end of the first window")

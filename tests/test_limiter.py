@@ -15,10 +15,19 @@ from redis.asyncio import Redis
 
 from ratedispatch import Dispatcher
 from ratedispatch.connection import connect
+from ratedispatch.limits.limiter import FLIGHT_MARGIN_SECONDS
 from ratedispatch.queue import Success, TakeStatus
 
 from .conftest import API, make_settings
-from .helpers import add_tasks, eventually, index_all, limiter_for, queue_for
+from .helpers import (
+    add_tasks,
+    counter_of,
+    eventually,
+    index_all,
+    limiter_for,
+    queue_for,
+    term_state,
+)
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -81,7 +90,7 @@ async def test_a_429_closes_the_window_for_everyone_and_only_lengthens_it(redis:
     settings = make_settings(rate_limit=5, rate_window_seconds=1)
     limiter = limiter_for(settings, redis)
     assert await limiter.close_for(3) == 3.0
-    window = await limiter.window()
+    window = await counter_of(limiter)
     assert window.full and window.used == 5
     assert window.resets_in is not None and 2.5 < window.resets_in <= 3.0
     assert await limiter.close_for(1) > 2.5  # a shorter cooldown never shortens it
@@ -136,7 +145,7 @@ async def test_a_refused_worker_sleeps_until_the_window_reopens_instead_of_polli
     assert scripts < 20, f"{scripts} scripts in two windows"
 
 
-async def test_a_slot_stays_busy_a_window_after_its_call_was_answered_counter_or_not(
+async def test_a_unit_stays_busy_a_window_after_its_call_was_answered_counter_or_not(
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=2, rate_window_seconds=5)
@@ -153,19 +162,20 @@ async def test_a_slot_stays_busy_a_window_after_its_call_was_answered_counter_or
     ]
     assert await queue.ack_many(acks) == [True, True]
     await redis.delete(settings.rate_key)  # the counter's window is over (or an operator's DEL)
-    window = await limiter.window()
-    assert window.used == 0 and window.slots_busy == 2
-    assert window.slot_frees_in is not None and 0.2 < window.slot_frees_in <= 0.3
+    term = await term_state(limiter)
+    assert (await counter_of(limiter)).used == 0 and term.used == 2
+    # A unit frees at most a thousandth of the window after the end of its window.
+    assert term.frees_in is not None and 0.2 < term.frees_in <= 0.31
     refused = await queue.take(2)
     assert refused.status is TakeStatus.FULL
     assert refused.wait is not None and 0.2 < refused.wait <= 0.31
     await anyio.sleep(refused.wait)  # as a refused worker does
     again = await queue.take(2)
     assert again.status is TakeStatus.GRANTED and len(again.grants) == 1  # the other is busy
-    assert (await limiter.window()).slots_busy == 2
+    assert (await term_state(limiter)).used == 2
 
 
-async def test_retries_and_dead_letters_free_their_slot_a_window_after_the_answer(
+async def test_retries_and_dead_letters_free_their_unit_a_window_after_the_answer(
     redis: Redis,
 ) -> None:
     settings = make_settings(rate_limit=3, rate_window_seconds=5)
@@ -179,27 +189,33 @@ async def test_retries_and_dead_letters_free_their_slot_a_window_after_the_answe
     assert await queue.bury(
         b.entry.id, "refused", last_status="404", attempts=1, stamp=b.stamp, answered=now - 2
     )
-    # Found invalid before its call: no call was made, so its slot frees at once.
+    # Found invalid before its call: no call was made, so its unit frees at once.
     assert await queue.bury(c.entry.id, "invalid", last_status="invalid", attempts=0, stamp=c.stamp)
-    window = await limiter.window()
-    assert window.slots_busy == 2
-    assert window.slot_frees_in is not None and 0.1 < window.slot_frees_in <= 0.2
+    term = await term_state(limiter)
+    assert term.used == 2
+    assert term.frees_in is not None and 0.1 < term.frees_in <= 0.21
 
 
-async def test_a_slot_whose_worker_never_answers_frees_a_deadline_and_a_window_after_its_take(
+async def test_a_unit_whose_worker_never_answers_frees_a_window_after_the_calls_deadline(
     redis: Redis,
 ) -> None:
-    settings = make_settings(rate_limit=1, rate_window_seconds=2, http_timeout_seconds=1.5)
+    # The call's deadline: its take, HTTP_TIMEOUT_SECONDS and a margin (FLIGHT_MARGIN_SECONDS).
+    settings = make_settings(rate_limit=1, rate_window_seconds=0.5, http_timeout_seconds=0.3)
     queue = queue_for(settings, redis)
-    limiter = limiter_for(settings, redis)
     await add_tasks(redis, settings, "normal", "normal")
     await index_all(queue)
+    taken = time.monotonic()
     assert len((await queue.take(1)).grants) == 1  # and its worker dies: no answer, ever
-    await redis.delete(settings.rate_key)
-    window = await limiter.window()
-    assert window.slot_frees_in is not None and 3.0 < window.slot_frees_in <= 3.5
-    # A call in flight may yet be answered now, and free its slot a window from now: a
+    # A call in flight may yet be answered now, and free its unit a window from now: a
     # refused worker looks again then, not at the deadline.
     refused = await queue.take(1)
     assert refused.status is TakeStatus.FULL
-    assert refused.wait is not None and 1.9 < refused.wait <= 2.0
+    assert refused.wait is not None and 0.45 < refused.wait <= 0.5
+
+    async def granted() -> bool:
+        return (await queue.take(1)).status is TakeStatus.GRANTED
+
+    await eventually(granted, timeout=5, what="the dead worker's unit to free")
+    deadline = settings.http_timeout_seconds + FLIGHT_MARGIN_SECONDS
+    # Less a ms: the scripts read Redis's clock in whole ms.
+    assert time.monotonic() - taken >= deadline + settings.rate_window_seconds - 0.001

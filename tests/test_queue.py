@@ -15,7 +15,7 @@ from ratedispatch.queue import Entry, Queue, Success, TakeStatus, read_stream
 from ratedispatch.task import Task, parse_entry
 
 from .conftest import make_settings
-from .helpers import add_tasks, consumers_for, index_all, limiter_for, queue_for
+from .helpers import add_tasks, consumers_for, counter_of, index_all, limiter_for, queue_for
 
 pytestmark = pytest.mark.anyio
 
@@ -153,7 +153,7 @@ async def test_when_nothing_waits_a_drained_read_gets_its_slots_in_the_same_step
     # The best two of the batch get the window's two slots; the third waits in the index.
     assert [(g.entry.id, g.attempt) for g in take.grants] == [(ids[1], 1), (ids[2], 1)]
     assert await queue.index_size() == 1 and (await queue.take(1)).status is TakeStatus.FULL
-    assert (await limiter.window()).used == 2
+    assert (await counter_of(limiter)).used == 2
 
 
 async def test_fresh_entries_queue_behind_waiting_ones_of_higher_priority(redis: Redis) -> None:
@@ -178,7 +178,7 @@ async def test_a_read_that_left_more_unread_gives_no_slot_away_until_that_is_ind
     # Two read, three unread: those may be better and do not fit in the window with these.
     take = await queue.take(2, await fresh_read(queue, 2), drained=False)
     assert take.status is TakeStatus.EMPTY and not take.grants
-    assert (await limiter.window()).used == 0
+    assert (await counter_of(limiter)).used == 0
     take = await queue.take(3, await fresh_read(queue, 10), drained=True)
     assert [g.entry.id for g in take.grants] == ids[2:]
 
@@ -248,7 +248,7 @@ async def test_a_reader_with_more_unread_keeps_its_entries_out_of_the_index_unti
     assert take.status is TakeStatus.READ_ON and not take.grants
     # Meanwhile another worker's take finds nothing to give a slot to, rather than the lows.
     assert (await b.take(3)).status is TakeStatus.EMPTY
-    assert await a.index_size() == 0 and (await limiter_for(settings, redis).window()).used == 0
+    assert await a.index_size() == 0 and (await counter_of(limiter_for(settings, redis))).used == 0
     # The kept entries come back with the rest: the best three get the window's slots.
     take = await a.take(3, first + await fresh_read(a, 10), drained=True)
     assert [g.entry.id for g in take.grants] == ids[2:]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-import ratedispatch.limits.window
+import ratedispatch.limits.limiter
 import ratedispatch.ops.dead
 import ratedispatch.queue.inputs  # noqa: F401  (declares the scripts)
 from ratedispatch import scripts
@@ -23,7 +23,7 @@ from ratedispatch.queue.inputs import ACKS, AcksArgs, AcksKeys
 from ratedispatch.task import parse_entry
 
 from .conftest import make_settings
-from .helpers import index_all, queue_for
+from .helpers import index_all, limiter_for, queue_for, term_state
 
 pytestmark = pytest.mark.anyio
 
@@ -74,21 +74,22 @@ def test_includes_resolve_once_each_and_before_the_script() -> None:
     assert files_in_order[-1] == "queue/take.lua"
     # lua/chunks.lua is included by several includes of take.lua: it is there once.
     assert files_in_order.count("lua/chunks.lua") == 1
-    assert files_in_order.index("lua/chunks.lua") < files_in_order.index("limits/slot_log.lua")
+    assert files_in_order.index("lua/chunks.lua") < files_in_order.index("limits/flight.lua")
     assert source.text.count("local function call_chunked(") == 1
 
 
 async def test_a_script_error_names_the_file_and_its_own_line(redis: Redis) -> None:
     acks = ACKS.on(redis)
-    args = AcksArgs("g", "me", 0, False, "1-0", "1-0", 10, 1000, [("1-0", 200, 1, 1, "1", 0)])
-    bad = dataclasses.replace(args, answers=[("1-0", 200, 1, 1, "1", "not a number")])  # type: ignore[list-item]
+    answer = ("1-0", 200, 1, 1, "1", 1, 0)
+    args = AcksArgs("g", "me", 0, False, "1-0", "1-0", 10, "w,5,1000", [answer])
+    bad = dataclasses.replace(args, answers=[(*answer[:6], "not a number")])  # type: ignore[list-item]
     await redis.xgroup_create("s", "g", "0", mkstream=True)
-    await acks(AcksKeys("s", "s", "log"), args)  # the good one runs
+    await acks(AcksKeys("s", "s", "flight", "terms"), args)  # the good one runs
     with pytest.raises(scripts.ScriptError) as caught:
-        await acks(AcksKeys("s", "s", "log"), bad)
-    lines = (PACKAGE / "limits/slot_log.lua").read_text().splitlines()
-    line = next(n for n, text in enumerate(lines, 1) if "ago < 0" in text)
-    assert f"limits/slot_log.lua:{line}" in str(caught.value)
+        await acks(AcksKeys("s", "s", "flight", "terms"), bad)
+    lines = (PACKAGE / "limits/limits.lua").read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if "call[4] >= 0" in text)
+    assert f"limits/limits.lua:{line}" in str(caught.value)
     assert "user_script" not in str(caught.value)
 
 
@@ -129,7 +130,9 @@ async def test_a_take_of_ten_thousand_indexed_tasks_and_their_acknowledgement(
     assert take.status is TakeStatus.GRANTED and len(take.grants) == BIG
     assert all(g.task is None and g.entry.fields for g in take.grants)
     assert await queue.ack_many(successes(take)) == [True] * BIG
-    assert await redis.zcard(queue.keys.slots) == BIG
+    # Answered: out of the flight, and busy in the term for a window from their answers.
+    assert await redis.zcard(queue.keys.flight) == 0
+    assert (await term_state(limiter_for(settings, redis))).used == BIG
     assert await redis.xlen(settings.results_stream) == BIG
 
 
@@ -154,6 +157,6 @@ async def test_indexing_ten_thousand_held_entries(redis: Redis) -> None:
     await queue.ensure_group()
     await fill(redis, settings.stream, BIG)
     entries = await queue.read_new(BIG, 0)
-    items = [(e.id, parse_entry(e.id, e.fields).priority) for e in entries]
+    items = [(e.id, parse_entry(e.id, e.fields)) for e in entries]
     assert await queue.index_held(items, reread=False) == BIG
     assert await queue.index_size() == BIG

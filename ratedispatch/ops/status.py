@@ -10,7 +10,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from ..keys import Keys
-from ..limits.window import Limiter
+from ..limits.limiter import IN_FLIGHT_TERM, Limiter, TermState
 from ..settings import Settings
 from ..task import Priority
 
@@ -42,12 +42,16 @@ class Status:
     in_flight: int  # held by worker consumers
     dead_letters: int
     results: int | None  # None when results are disabled
+    # The fixed-window counter of the first N/D term (without one: the first term).
     window_used: int
     window_limit: int
     window_resets_in: float | None  # seconds; None when no window is open
-    # Slots in the log: calls in flight or answered less than a window ago (at most the limit).
+    # The first term's busy units: in flight, or answered less than its D ago (at most N).
     slots_busy: int
-    slot_frees_in: float | None  # seconds until the first busy slot frees; None when none is
+    slot_frees_in: float | None  # seconds until its first busy unit frees; None when none is
+    # Every term of LIMITS, and MAX_IN_FLIGHT when set: used, limit, when the next unit frees.
+    terms: list[TermState] = field(default_factory=list)
+    calls_in_flight: int = 0  # across the fleet, as the limits count them
     consumers: list[Consumer] = field(default_factory=list)
 
     def to_json(self) -> str:
@@ -73,7 +77,9 @@ async def collect(redis: Redis, settings: Settings) -> Status:
     results = int(replies[-1]) if keys.results else None
     waiting = {p.label: int(n) for p, n in zip(Priority, by_rank, strict=True)}
     group, consumers = await _group(redis, keys, settings.reclaim_idle_seconds)
-    window = await limiter.window()
+    limits = await limiter.state()
+    first = limits.terms[0]
+    window = limits.window
     pending = int(group.get("pending", 0)) if group else 0
     lag = group.get("lag") if group else None
     in_flight = sum(c.pending for c in consumers)
@@ -89,11 +95,13 @@ async def collect(redis: Redis, settings: Settings) -> Status:
         in_flight=in_flight,
         dead_letters=int(dead),
         results=results,
-        window_used=window.used,
-        window_limit=window.limit,
-        window_resets_in=window.resets_in,
-        slots_busy=window.slots_busy,
-        slot_frees_in=window.slot_frees_in,
+        window_used=window.used if window else first.used,
+        window_limit=window.limit if window else first.limit,
+        window_resets_in=window.resets_in if window else None,
+        slots_busy=first.used,
+        slot_frees_in=first.frees_in,
+        terms=limits.terms,
+        calls_in_flight=limits.calls_in_flight,
         consumers=consumers,
     )
 
@@ -120,6 +128,19 @@ async def _group(
     return dict(found), consumers
 
 
+def _term_lines(terms: list[TermState]) -> list[str]:
+    """One line a term: `limits   600/1m  412/600 busy, the first frees in 3.2s`."""
+    width = max((len(t.term) for t in terms), default=0)
+    lines = []
+    for index, term in enumerate(terms):
+        line = f"{'limits' if index == 0 else '':<8} {term.term:<{width}}  {term.used}/{term.limit}"
+        line += " in flight" if term.term == IN_FLIGHT_TERM else " busy"
+        if term.frees_in is not None:
+            line += f", the next frees in {term.frees_in:.1f}s"
+        lines.append(line)
+    return lines
+
+
 def render(status: Status) -> str:
     """The readable table of `ratedispatch status`."""
     lines = [f"stream   {status.stream}  (group {status.group})"]
@@ -132,15 +153,12 @@ def render(status: Status) -> str:
         resets = "no window open"
     else:
         resets = f"resets in {status.window_resets_in:.1f}s"
-    slots = f"{status.slots_busy}/{status.window_limit} busy"
-    if status.slot_frees_in is not None:
-        slots += f", the first frees in {status.slot_frees_in:.1f}s"
     lines += [
         f"entries  {status.stream_length} in the stream, {not_delivered} not yet delivered",
         f"pending  {status.pending}: waiting for a slot ({waiting}), "
         f"{status.retrying} retrying later, {status.in_flight} held by workers",
         f"window   {status.window_used}/{status.window_limit} used, {resets}",
-        f"slots    {slots} (in flight, or answered less than a window ago)",
+        *_term_lines(status.terms),
         f"dead     {status.dead_letters} dead letters;  results {results}",
     ]
     if status.consumers:

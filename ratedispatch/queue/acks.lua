@@ -2,12 +2,13 @@
 -- this consumer still holds are acknowledged: one that was taken over during a long Redis outage
 -- is its new owner's to record.
 --
--- Each call's slot is busy for a window from its answer (slots_answered), whoever holds the
--- entry now: the API saw the call either way.
+-- Each call leaves the flight and counts in every limit term from its answer (limits_record),
+-- whoever holds the entry now: the API saw the call either way.
 --
 -- KEYS[1] stream: the task stream
 -- KEYS[2] results: the results stream (the task stream when results are off: never written)
--- KEYS[3] slots: the slot log
+-- KEYS[3] flight: the calls in flight
+-- KEYS[4] terms: the limit terms' state
 -- ARGV[1] group: the consumer group
 -- ARGV[2] me: this worker's consumer
 -- ARGV[3] results_maxlen: the results stream's cap; 0: no results
@@ -15,31 +16,29 @@
 -- ARGV[5] lowest: the lowest entry id of the batch
 -- ARGV[6] highest: the highest entry id of the batch
 -- ARGV[7] pending_bound: the most pending entries of one consumer to list
--- ARGV[8] window_ms: RATE_WINDOW_SECONDS in ms
--- ARGV[9..] answers: (id, http_status, duration_ms, attempts, stamp of the take that gave its
---           slot, answered ms ago) for each entry
+-- ARGV[8] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
+-- ARGV[9..] answers: (id, http_status, duration_ms, attempts, stamp of the take that started
+--           its call, its cost, answered ms ago) for each entry
 -- Returns {1 or 0 for each entry}: recorded, or no longer ours.
 --
 -- include: lua/clock.lua
 -- include: lua/chunks.lua
 -- include: queue/held.lua
--- include: limits/slot_log.lua
-local stream, results, slots = KEYS[1], KEYS[2], KEYS[3]
+-- include: limits/limits.lua
+local stream, results, flight, terms = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, me = ARGV[1], ARGV[2]
 local results_maxlen = tonumber(ARGV[3])
 local delete_acked = ARGV[4] == '1'
 local lowest, highest = ARGV[5], ARGV[6]
 local pending_bound = tonumber(ARGV[7])
-local window_ms = tonumber(ARGV[8])
-local ANSWERS, WIDTH = 9, 6
+local spec = ARGV[8]
+local ANSWERS, WIDTH = 9, 7
 
 local held = held_by(stream, group, me, lowest, highest, pending_bound)
 local ids, done, recorded, answered = {}, {}, {}, {}
 for i = ANSWERS, #ARGV, WIDTH do
   local id = ARGV[i]
-  answered[#answered + 1] = id
-  answered[#answered + 1] = ARGV[i + 4]
-  answered[#answered + 1] = ARGV[i + 5]
+  answered[#answered + 1] = {id, ARGV[i + 4], tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])}
   if held[id] then
     ids[#ids + 1] = id
     done[#done + 1] = i
@@ -49,7 +48,7 @@ for i = ANSWERS, #ARGV, WIDTH do
   end
 end
 local now = now_ms()
-slots_answered(slots, window_ms, answered, now)
+limits_record(flight, terms, spec, now, answered)
 if #ids == 0 then return recorded end
 call_chunked({'XACK', stream, group}, ids, {})
 if delete_acked then

@@ -2,13 +2,14 @@
 -- happens unless the entry is still ours: a worker that lost it (reclaimed during a long Redis
 -- outage) must not record it twice.
 --
--- The slot taken for it (if any) is busy for a window from the call's answer, or frees at once
--- if no call was made (slots_answered), whoever holds the entry now.
+-- Its call (if any) counts in every limit term from its answer, and if none was made it only
+-- leaves the flight (settle_call), whoever holds the entry now.
 --
 -- KEYS[1] stream: the task stream
 -- KEYS[2] results: the results stream (the task stream when results are off: never written)
 -- KEYS[3] dead: the dead-letter stream
--- KEYS[4] slots: the slot log
+-- KEYS[4] flight: the calls in flight
+-- KEYS[5] terms: the limit terms' state
 -- ARGV[1] group: the consumer group
 -- ARGV[2] me: this worker's consumer
 -- ARGV[3] id: the entry
@@ -19,23 +20,24 @@
 -- ARGV[8] duration_ms: the last call's duration
 -- ARGV[9] results_maxlen: the results stream's cap; 0: no results
 -- ARGV[10] delete_acked: 1 to XDEL the entry once acknowledged
--- ARGV[11] stamp: of the take that gave its slot ('': none was taken)
--- ARGV[12] answered_ago_ms: how long ago the call was answered (-1: no call was made)
--- ARGV[13] window_ms: RATE_WINDOW_SECONDS in ms
+-- ARGV[11] stamp: of the take that started its call ('': none was started)
+-- ARGV[12] cost: the units its call counts against each term
+-- ARGV[13] answered_ago_ms: how long ago the call was answered (-1: no call was made)
+-- ARGV[14] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 --
 -- include: queue/dead_letter.lua
 -- include: queue/settling.lua
-local stream, results, dead, slots = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local stream, results, dead, flight, terms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local group, me, id = ARGV[1], ARGV[2], ARGV[3]
 local reason, last_status, http_status = ARGV[4], ARGV[5], ARGV[6]
 local attempts, duration_ms = ARGV[7], ARGV[8]
 local results_maxlen = tonumber(ARGV[9])
 local delete_acked = ARGV[10] == '1'
-local stamp, answered_ago_ms = ARGV[11], ARGV[12]
-local window_ms = tonumber(ARGV[13])
+local stamp, cost, answered_ago_ms, spec = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 
-local now, held = settle_slot(stream, group, me, id, slots, window_ms, stamp, answered_ago_ms)
+local now, held = settle_call(stream, group, me, id, flight, terms, spec, stamp, cost,
+                              answered_ago_ms)
 if not held then
   return 0
 end

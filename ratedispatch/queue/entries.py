@@ -1,7 +1,8 @@
 """The values the queue hands the worker: entries, grants, takes and successes; index members.
 
-Index members are `<rank><ms:20 digits>-<seq:20 digits>`: every member scores 0, so the sorted
-set orders them by priority rank, then exactly by entry id (queue/members.lua reads them back).
+Index members are `<rank><ms:20 digits>-<seq:20 digits>`, then `*<cost>` for a task that costs
+more than 1: every member scores 0, so the sorted set orders them by priority rank, then exactly
+by entry id (queue/members.lua reads them back).
 """
 
 from __future__ import annotations
@@ -28,10 +29,17 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def index_member(entry_id: str, priority: Priority) -> str:
-    """The index member for an entry: sorts by priority rank, then exactly by entry id."""
+def index_member(entry_id: str, priority: Priority, cost: int = 1) -> str:
+    """The index member for an entry: sorts by priority rank, then exactly by entry id, and
+    carries the task's cost, which the take script counts against the limit terms."""
     ms, seq = id_key(entry_id)
-    return f"{int(priority)}{ms:020d}-{seq:020d}"
+    member = f"{int(priority)}{ms:020d}-{seq:020d}"
+    return member if cost == 1 else f"{member}*{cost}"
+
+
+def member_cost(member: str) -> int:
+    _, star, cost = member.rpartition("*")
+    return int(cost) if star else 1
 
 
 def field_map(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -59,10 +67,17 @@ class Grant:
     entry: Entry
     attempt: int  # this call's number: the entry's delivery count, counted before the call
     member: str  # the entry's index member, to put it back for a retry
-    # The take that gave it its slot; the slot log names the slot by entry id and this stamp
-    # (slot_member in limits/slot_log.lua), to be told when its call was answered.
+    # The take that started its call; the flight names the call by entry id and this stamp
+    # (flight_member in limits/flight.lua), to be told when it was answered.
     stamp: str
     task: Task | None = None  # parsed already (entries this worker just read)
+    # time.monotonic() just before the take was asked for: the call must end within
+    # HTTP_TIMEOUT_SECONDS of it, as the flight's deadline counts from the take.
+    asked_at: float = 0.0
+
+    @property
+    def cost(self) -> int:
+        return member_cost(self.member)
 
 
 class TakeReply(enum.IntEnum):
@@ -90,14 +105,17 @@ class UnknownReply(RatedispatchError):
 class Take:
     status: TakeStatus
     grants: list[Grant] = field(default_factory=list)
-    # FULL: seconds until a slot may be had. EMPTY: until the next retry is due (None: none).
+    # FULL: seconds until the best task may fit. EMPTY: until the next retry is due (None: none).
     wait: float | None = None
     # GRANTED to fresh entries directly: nothing waited in the index or for a backoff.
     fast: bool = False
 
     @classmethod
-    def decode(cls, reply: Any, fresh: Sequence[tuple[str, Entry, Task]]) -> Take:
-        """take.lua's reply; `fresh` are the (member, entry, task) the take was given."""
+    def decode(
+        cls, reply: Any, fresh: Sequence[tuple[str, Entry, Task]], asked_at: float = 0.0
+    ) -> Take:
+        """take.lua's reply; `fresh` are the (member, entry, task) the take was given, and
+        `asked_at` when it was asked for (time.monotonic())."""
         try:
             code = TakeReply(int(reply[0]))
         except (ValueError, TypeError, IndexError):
@@ -108,12 +126,19 @@ class Take:
             grants = []
             for raw_id in reply[1]:
                 member, entry, task = by_id[as_text(raw_id)]
-                grants.append(Grant(entry, 1, member, stamp, task))  # read by XREADGROUP: 1st
+                # Read by XREADGROUP: its first attempt.
+                grants.append(Grant(entry, 1, member, stamp, task, asked_at))
             return cls(TakeStatus.GRANTED, grants, fast=True)
         if code is TakeReply.GRANTED:
             stamp = as_text(reply[2])
             grants = [
-                Grant(Entry(as_text(i), field_map(flat)), int(attempt), as_text(member), stamp)
+                Grant(
+                    Entry(as_text(i), field_map(flat)),
+                    int(attempt),
+                    as_text(member),
+                    stamp,
+                    asked_at=asked_at,
+                )
                 for i, flat, attempt, member in reply[1]
             ]
             return cls(TakeStatus.GRANTED, grants)
@@ -133,11 +158,12 @@ class Success:
     http_status: int
     duration_ms: int
     attempts: int
-    stamp: str  # of the take that gave its slot (Grant.stamp): busy a window from the answer
+    stamp: str  # of the take that started its call (Grant.stamp)
     answered_at: float = field(default_factory=time.monotonic)
+    cost: int = 1
 
 
 def ago_ms(then: float, now: float) -> int:
-    """Whole ms from `then` to `now` (time.monotonic()), rounded down: a slot is held a
-    window from its answer, and a late estimate of the answer only holds it longer."""
+    """Whole ms from `then` to `now` (time.monotonic()), rounded down: a call counts in the
+    limit terms from its answer, and a late estimate of the answer only counts it longer."""
     return max(0, int((now - then) * 1000))

@@ -20,13 +20,15 @@ class TakeKeys:
     index: str
     retry: str
     stream: str
-    slots: str
+    flight: str
+    terms: str
 
 
 @dataclass(frozen=True, slots=True)
 class TakeArgs:
-    limit: int
-    window_ms: int
+    limits: str
+    max_in_flight: int
+    max_cost: int
     want: int
     group: str
     me: str
@@ -59,7 +61,8 @@ class IndexArgs:
 class AcksKeys:
     stream: str
     results: str
-    slots: str
+    flight: str
+    terms: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +74,17 @@ class AcksArgs:
     lowest: str
     highest: str
     pending_bound: int
-    window_ms: int
-    # (id, http_status, duration_ms, attempts, stamp, answered ms ago) for each entry
-    answers: Sequence[tuple[str, int, int, int, str, int]]
+    limits: str
+    # (id, http_status, duration_ms, attempts, stamp, cost, answered ms ago) for each entry
+    answers: Sequence[tuple[str, int, int, int, str, int, int]]
 
 
 @dataclass(frozen=True, slots=True)
 class RetryKeys:
     stream: str
     retry: str
-    slots: str
+    flight: str
+    terms: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +96,9 @@ class RetryArgs:
     member: str
     delay_ms: int
     stamp: str
+    cost: int
     answered_ago_ms: int
-    window_ms: int
+    limits: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +106,8 @@ class BuryKeys:
     stream: str
     results: str
     dead: str
-    slots: str
+    flight: str
+    terms: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +123,9 @@ class BuryArgs:
     results_maxlen: int
     delete_acked: bool
     stamp: str
+    cost: int
     answered_ago_ms: int
-    window_ms: int
+    limits: str
 
 
 @dataclass(frozen=True, slots=True)

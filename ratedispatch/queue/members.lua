@@ -1,21 +1,27 @@
--- Index members are "<rank><ms:20 digits>-<seq:20 digits>": all scores are equal, so the sorted
--- set orders them by priority rank, then by exact entry id (queue/entries.py makes them).
+-- Index members are "<rank><ms:20 digits>-<seq:20 digits>", and "*<cost>" after that for a task
+-- that costs more than 1: all scores are equal, so the sorted set orders them by priority rank,
+-- then by exact entry id (queue/entries.py makes them).
 
 -- The entry id of an index member.
 local function member_id(member)
   local ms = (string.gsub(string.sub(member, 2, 21), '^0+', ''))
-  local seq = (string.gsub(string.sub(member, 23), '^0+', ''))
+  local seq = (string.gsub(string.sub(member, 23, 42), '^0+', ''))
   if ms == '' then ms = '0' end
   if seq == '' then seq = '0' end
   return ms .. '-' .. seq
+end
+
+-- The cost of an index member's task: the units it counts against every limit term.
+local function member_cost(member)
+  return tonumber(string.match(member, '%*(%d+)$')) or 1
 end
 
 -- The smallest and largest entry id of index members (their padded form sorts as text).
 local function id_range(members)
   local lo, hi = members[1], members[1]
   for _, m in ipairs(members) do
-    if string.sub(m, 2) < string.sub(lo, 2) then lo = m end
-    if string.sub(m, 2) > string.sub(hi, 2) then hi = m end
+    if string.sub(m, 2, 42) < string.sub(lo, 2, 42) then lo = m end
+    if string.sub(m, 2, 42) > string.sub(hi, 2, 42) then hi = m end
   end
   return member_id(lo), member_id(hi)
 end

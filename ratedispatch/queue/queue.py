@@ -19,11 +19,20 @@ from redis.asyncio import Redis
 from ..errors import ConfigError
 from ..guard import RedisGuard
 from ..keys import Keys
-from ..limits.window import Limiter
+from ..limits.limiter import Limiter
 from ..settings import Settings
-from ..task import Priority, Task
+from ..task import Task
 from . import inputs as i
-from .entries import Entry, Success, Take, ago_ms, as_text, id_key, index_member
+from .entries import (
+    Entry,
+    Success,
+    Take,
+    ago_ms,
+    as_text,
+    id_key,
+    index_member,
+    member_cost,
+)
 
 log = logging.getLogger("ratedispatch.worker")
 
@@ -126,11 +135,11 @@ class Queue:
                 entries.append(Entry(as_text(entry_id), dict(fields or {})))
         return entries
 
-    async def index_held(self, items: Iterable[tuple[str, Priority]], *, reread: bool) -> int:
+    async def index_held(self, items: Iterable[tuple[str, Task]], *, reread: bool) -> int:
         """Index entries this consumer holds and did not just read: reclaimed, or left by a
         previous process of the same name and read again (`reread`). Returns how many were
         indexed (those no longer ours stay where they are)."""
-        members = [index_member(entry_id, priority) for entry_id, priority in items]
+        members = [index_member(entry_id, task.priority, task.cost) for entry_id, task in items]
         if not members:
             return 0
         keys = i.IndexKeys(self.keys.stream, self.keys.index)
@@ -174,14 +183,21 @@ class Queue:
         nothing waits or competes with them, else indexed; or, with `keep` and more unread,
         left with the caller (READ_ON) to bring back with what it reads next."""
         members = sorted(  # best first: rank, then entry id
-            (index_member(entry.id, task.priority), entry, task) for entry, task in fresh
+            (index_member(entry.id, task.priority, task.cost), entry, task) for entry, task in fresh
         )
         keys = i.TakeKeys(
-            self.keys.rate, self.keys.index, self.keys.retry, self.keys.stream, self.keys.slots
+            self.keys.rate,
+            self.keys.index,
+            self.keys.retry,
+            self.keys.stream,
+            self.keys.flight,
+            self.keys.terms,
         )
+        limiter = self._limiter
         args = i.TakeArgs(
-            limit=self._limiter.limit,
-            window_ms=self._limiter.window_ms,
+            limits=limiter.spec,
+            max_in_flight=limiter.max_in_flight,
+            max_cost=limiter.max_cost,
             want=want,
             group=self.keys.group,
             me=self.consumer,
@@ -190,20 +206,24 @@ class Queue:
             pending_bound=PENDING_BOUND,
             drained=drained,
             keep=keep,
-            deadline_ms=self._limiter.deadline_ms,
+            deadline_ms=limiter.deadline_ms,
             fresh=[member for member, _, _ in members],
         )
+        asked = 0.0
 
         async def op() -> Any:
+            nonlocal asked
+            asked = time.monotonic()  # each call's deadline counts from before its take
             return await self._take(keys, args)
 
-        return Take.decode(await self._guard.run(op, "taking a slot"), members)
+        reply = await self._guard.run(op, "taking a slot")
+        return Take.decode(reply, members, asked)
 
     async def ack_many(self, successes: Sequence[Success]) -> list[bool]:
         """Acknowledge (and delete) entries whose calls succeeded, each with a result; False
         for an entry that was no longer ours. At most ACK_BATCH at once."""
         ids = sorted((s.entry_id for s in successes), key=id_key)
-        keys = i.AcksKeys(self.keys.stream, self._results, self.keys.slots)
+        keys = i.AcksKeys(self.keys.stream, self._results, self.keys.flight, self.keys.terms)
 
         async def op() -> Any:
             # Each slot is busy a window from its answer, not from this script: the batch's
@@ -214,6 +234,7 @@ class Queue:
                     *(s.entry_id, s.http_status, s.duration_ms),
                     s.attempts,
                     s.stamp,
+                    s.cost,
                     ago_ms(s.answered_at, now),
                 )
                 for s in successes
@@ -226,7 +247,7 @@ class Queue:
                 ids[0],
                 ids[-1],
                 PENDING_BOUND,
-                self._limiter.window_ms,
+                self._limiter.spec,
                 answers,
             )
             return await self._acks(keys, args)
@@ -235,11 +256,11 @@ class Queue:
         return [bool(r) for r in recorded]
 
     async def retry_later(
-        self, entry_id: str, member: str, delay: float, *, stamp: str, answered: float
+        self, entry_id: str, member: str, delay: float, *, stamp: str, answered: float | None
     ) -> bool:
-        """Back to waiting until `delay` seconds (Redis time) have passed. The call on the slot
-        taken at `stamp` was answered at `answered` (time.monotonic())."""
-        keys = i.RetryKeys(self.keys.stream, self.keys.retry, self.keys.slots)
+        """Back to waiting until `delay` seconds (Redis time) have passed. The call started by
+        the take at `stamp` was answered at `answered` (time.monotonic(); None: none was made)."""
+        keys = i.RetryKeys(self.keys.stream, self.keys.retry, self.keys.flight, self.keys.terms)
 
         async def op() -> Any:
             args = i.RetryArgs(
@@ -250,8 +271,9 @@ class Queue:
                 member,
                 round(delay * 1000),
                 stamp,
-                ago_ms(answered, time.monotonic()),  # measured anew for each attempt
-                self._limiter.window_ms,
+                member_cost(member),
+                -1 if answered is None else ago_ms(answered, time.monotonic()),
+                self._limiter.spec,
             )
             return await self._retry(keys, args)
 
@@ -267,12 +289,15 @@ class Queue:
         duration_ms: int = 0,
         attempts: int,
         stamp: str = "",
+        cost: int = 1,
         answered: float | None = None,
     ) -> bool:
         """Dead-letter with the reason (keeping every original field), and record a result.
-        `stamp`: of the take that gave it a slot, whose call was `answered` at that
-        time.monotonic() (None: no call was made, the slot frees)."""
-        keys = i.BuryKeys(self.keys.stream, self._results, self.keys.dead, self.keys.slots)
+        `stamp`: of the take that started its call, of `cost`, which was `answered` at that
+        time.monotonic() (None: no call was made after all)."""
+        keys = i.BuryKeys(
+            self.keys.stream, self._results, self.keys.dead, self.keys.flight, self.keys.terms
+        )
 
         async def op() -> Any:
             args = i.BuryArgs(
@@ -287,8 +312,9 @@ class Queue:
                 self._results_maxlen,
                 self._delete_acked,
                 stamp,
+                cost,
                 -1 if answered is None else ago_ms(answered, time.monotonic()),
-                self._limiter.window_ms,
+                self._limiter.spec,
             )
             return await self._bury(keys, args)
 

@@ -2,32 +2,33 @@
 -- consumer and into the retry index, due at now + delay.  Nothing happens unless the entry is
 -- still ours: a worker that lost it (reclaimed during a long Redis outage) must not move it.
 --
--- The slot taken for its call is busy for a window from the call's answer (slots_answered),
--- whoever holds the entry now.
+-- Its call counts in every limit term from its answer (settle_call), whoever holds the entry now.
 --
 -- KEYS[1] stream: the task stream
 -- KEYS[2] retry: the retry index
--- KEYS[3] slots: the slot log
+-- KEYS[3] flight: the calls in flight
+-- KEYS[4] terms: the limit terms' state
 -- ARGV[1] group: the consumer group
 -- ARGV[2] me: this worker's consumer
 -- ARGV[3] waiting: the waiting consumer
 -- ARGV[4] id: the entry
 -- ARGV[5] member: its index member
 -- ARGV[6] delay_ms: the backoff
--- ARGV[7] stamp: of the take that gave its slot
--- ARGV[8] answered_ago_ms: how long ago the call was answered
--- ARGV[9] window_ms: RATE_WINDOW_SECONDS in ms
+-- ARGV[7] stamp: of the take that started its call
+-- ARGV[8] cost: the units its call counts against each term
+-- ARGV[9] answered_ago_ms: how long ago the call was answered
+-- ARGV[10] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 --
 -- include: queue/settling.lua
-local stream, retry, slots = KEYS[1], KEYS[2], KEYS[3]
+local stream, retry, flight, terms = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local group, me, waiting = ARGV[1], ARGV[2], ARGV[3]
 local id, member = ARGV[4], ARGV[5]
 local delay_ms = tonumber(ARGV[6])
-local stamp, answered_ago_ms = ARGV[7], ARGV[8]
-local window_ms = tonumber(ARGV[9])
+local stamp, cost, answered_ago_ms, spec = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
-local now, held = settle_slot(stream, group, me, id, slots, window_ms, stamp, answered_ago_ms)
+local now, held = settle_call(stream, group, me, id, flight, terms, spec, stamp, cost,
+                              answered_ago_ms)
 if not held then
   return 0
 end

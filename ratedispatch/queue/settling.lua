@@ -2,14 +2,15 @@
 --
 -- include: lua/clock.lua
 -- include: queue/held.lua
--- include: limits/slot_log.lua
+-- include: limits/limits.lua
 
--- The slot taken for entry `id` at `stamp` is busy a window from its call's answer, or frees
--- at once when no call was made (slots_answered), whoever holds the entry now: the API saw the
--- call either way.  Returns the time, and whether this consumer (`me`) still holds the entry:
--- a worker that lost it (reclaimed during a long Redis outage) must not move it.
-local function settle_slot(stream, group, me, id, slots, window_ms, stamp, answered_ago_ms)
+-- The call for entry `id` started at `stamp` (costing `cost`) leaves the flight and counts in
+-- every limit term from its answer, or from nowhere when none was made (limits_record), whoever
+-- holds the entry now: the API saw the call either way.  Returns the time, and whether this
+-- consumer (`me`) still holds the entry: a worker that lost it (reclaimed during a long Redis
+-- outage) must not move it.
+local function settle_call(stream, group, me, id, flight, terms, spec, stamp, cost, ago_ms)
   local now = now_ms()
-  slots_answered(slots, window_ms, {id, stamp, answered_ago_ms}, now)
+  limits_record(flight, terms, spec, now, {{id, stamp, tonumber(cost), tonumber(ago_ms)}})
   return now, held_by(stream, group, me, id, id, 1)[id] ~= nil
 end

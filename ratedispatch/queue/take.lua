@@ -1,17 +1,21 @@
--- Take up to `want` slots for the best tasks and hand those tasks to this consumer, atomically.
+-- Start up to `want` calls for the best tasks, within every limit term, and hand those tasks to
+-- this consumer, atomically.
 --
 -- `fresh` are index members of entries this consumer just read from the stream (best first).
 -- When nothing waits anywhere (no index, no backoff) and nothing competes with them for the
--- window (the read drained the stream, or everything still unread fits in the window's room),
--- the slots go to them directly, without a trip through the index: the fast path, a handful of
--- commands for a whole batch.  Otherwise they join the index first, and the slots go to the
+-- limits (the read drained the stream, or everything still unread fits in the limits' room),
+-- the calls go to them directly, without a trip through the index: the fast path, a handful of
+-- commands for a whole batch.  Otherwise they join the index first, and the calls go to the
 -- best members of the index, once the read has drained the stream (else the caller reads on
 -- first); ZPOPMIN is the exclusive claim, so no two workers get one entry.  A caller that can
 -- read on at once asks to keep its entries (`keep`): they stay with it, indexed neither,
 -- and come back with the rest of its next read, so the index never holds part of a backlog
 -- that another worker could give a slot from while better tasks are still unread.
--- A slot is counted, and held in the slot log, only for an entry that could really be handed
--- over; the reply carries the take's stamp, which names those slots in the log (slot_member).
+-- A task's cost (queue/members.lua: member_cost) is counted against every limit term, and only
+-- for an entry that could really be handed over; the reply carries the take's stamp, which names
+-- those calls in the flight (limits/flight.lua: flight_member).  A task whose cost no term can
+-- ever grant (above `max_cost`) is handed over alone, uncharged, for its worker to dead-letter:
+-- else it would block the index for ever.
 --
 -- The attempts of an entry are its delivery count in the pending list: a fresh entry read by
 -- XREADGROUP is at 1, indexing a fresh entry sets it to 0, and each XCLAIM by a take adds one.
@@ -20,23 +24,25 @@
 -- KEYS[2] index: the priority index
 -- KEYS[3] retry: the retry index
 -- KEYS[4] stream: the task stream
--- KEYS[5] slots: the slot log
--- ARGV[1] limit: RATE_LIMIT
--- ARGV[2] window_ms: RATE_WINDOW_SECONDS in ms
--- ARGV[3] want: the most slots to take (0: index `fresh` and take none)
--- ARGV[4] group: the consumer group
--- ARGV[5] me: this worker's consumer
--- ARGV[6] waiting: the waiting consumer, which holds every indexed entry
--- ARGV[7] promote_max: the most retries to move back into the index
--- ARGV[8] pending_bound: the most pending entries of one consumer to list
--- ARGV[9] drained: 1 when the read that found `fresh` emptied the stream
--- ARGV[10] keep: 1 when the caller would rather keep `fresh` (and read on) than index them
--- ARGV[11] deadline_ms: the latest a call can end after its take (the HTTP deadline)
--- ARGV[12..] fresh: index members of entries this consumer just read, best first
+-- KEYS[5] flight: the calls in flight
+-- KEYS[6] terms: the limit terms' state
+-- ARGV[1] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
+-- ARGV[2] max_in_flight: MAX_IN_FLIGHT (0: no cap)
+-- ARGV[3] max_cost: the largest cost every term can grant
+-- ARGV[4] want: the most calls to start (0: index `fresh` and take none)
+-- ARGV[5] group: the consumer group
+-- ARGV[6] me: this worker's consumer
+-- ARGV[7] waiting: the waiting consumer, which holds every indexed entry
+-- ARGV[8] promote_max: the most retries to move back into the index
+-- ARGV[9] pending_bound: the most pending entries of one consumer to list
+-- ARGV[10] drained: 1 when the read that found `fresh` emptied the stream
+-- ARGV[11] keep: 1 when the caller would rather keep `fresh` (and read on) than index them
+-- ARGV[12] deadline_ms: by when a call has ended after its take (the HTTP deadline, a margin)
+-- ARGV[13..] fresh: index members of entries this consumer just read, best first
 -- Returns a reply whose first element is its code (queue/entries.py: TakeReply):
 --   {GRANTED_FRESH = 3, {id, ...}, stamp}                             fast path
 --   {GRANTED = 1, {{id, fields, attempt, member}, ...}, stamp}        index entries granted
---   {FULL = 0, wait_ms}                    no room; a slot may be had in wait_ms
+--   {FULL = 0, wait_ms}                    no room; the best task may fit in wait_ms
 --   {EMPTY = 2, wait_ms}                   nothing waiting; the next retry is due in wait_ms
 --                                          (-1: none)
 --   {READ_ON = 4}                          `fresh` kept by the caller: read on
@@ -44,28 +50,63 @@
 -- include: lua/clock.lua
 -- include: lua/chunks.lua
 -- include: queue/indexing.lua
--- include: limits/limit.lua
+-- include: limits/limits.lua
 local GRANTED, FULL, EMPTY, GRANTED_FRESH, READ_ON = 1, 0, 2, 3, 4
-local rate, index, retry, stream, slots = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local limit = tonumber(ARGV[1])
-local window_ms = tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local group, me, waiting = ARGV[4], ARGV[5], ARGV[6]
-local promote_max = tonumber(ARGV[7])
-local pending_bound = tonumber(ARGV[8])
-local drained = ARGV[9] == '1'
-local keep = ARGV[10] == '1'
-local deadline_ms = tonumber(ARGV[11])
+local rate, index, retry, stream, flight, terms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+                                                  KEYS[6]
+local spec = ARGV[1]
+local max_in_flight = tonumber(ARGV[2])
+local max_cost = tonumber(ARGV[3])
+local want = tonumber(ARGV[4])
+local group, me, waiting = ARGV[5], ARGV[6], ARGV[7]
+local promote_max = tonumber(ARGV[8])
+local pending_bound = tonumber(ARGV[9])
+local drained = ARGV[10] == '1'
+local keep = ARGV[11] == '1'
+local deadline_ms = tonumber(ARGV[12])
 local fresh = {}
-for i = 12, #ARGV do fresh[#fresh + 1] = ARGV[i] end
+for i = 13, #ARGV do fresh[#fresh + 1] = ARGV[i] end
 local now, stamp = clock()
 
--- Would every entry not yet read fit in the window's room along with `fresh`?  Then no task
--- can lose its slot to a lower priority one by being read later.  What is not yet read is in
--- the stream, so a room above the stream's length (XLEN, constant time) answers it without the
--- group's lag (XINFO GROUPS, which lists every group with a dozen fields).
-local function all_fit()
-  local room = limit_room(rate, slots, limit, now) - #fresh
+-- The limits, opened once they are needed; whatever the script changed in them is written back
+-- before it returns (done).
+local L = nil
+local function limits()
+  if L == nil then
+    L = limits_open(rate, flight, terms, spec, max_in_flight, now)
+    limits_expire(L)
+  end
+  return L
+end
+local function done(reply)
+  if L ~= nil then limits_flush(L) end
+  return reply
+end
+
+-- The costs of index members, in order, and the units of the first `most` of them.
+local function costs_of(members, most)
+  local costs, wanted = {}, 0
+  for i, member in ipairs(members) do
+    costs[i] = member_cost(member)
+    if i <= most then wanted = wanted + costs[i] end
+  end
+  return costs, wanted
+end
+
+-- Would every entry not yet read fit in the room of every term along with `fresh`?  Then no
+-- task can lose its place to a lower priority one by being read later.  An unread entry is
+-- taken to cost as much as the costliest of `fresh`.  What is not yet read is in the stream, so
+-- a room above the stream's length (XLEN, constant time) answers it without the group's lag
+-- (XINFO GROUPS, which lists every group with a dozen fields).
+local function all_fit(costs)
+  local units, calls = limits_room(limits(), math.huge)
+  local used, each = 0, 1
+  for _, cost in ipairs(costs) do
+    used = used + cost
+    each = math.max(each, cost)
+  end
+  local room = math.min(math.floor((math.min(units, limits_counter_room(L)) - used) / each),
+                        calls - #costs)
   if room >= redis.call('XLEN', stream) then return true end
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     local fields = {}
@@ -78,10 +119,13 @@ local function all_fit()
   return false
 end
 
-if #fresh > 0 and redis.call('EXISTS', index, retry) == 0 and (drained or all_fit()) then
-  local granted, wait = 0, -1
+local fresh_costs, fresh_wanted = costs_of(fresh, want)
+if #fresh > 0 and redis.call('EXISTS', index, retry) == 0 and (drained or all_fit(fresh_costs))
+then
+  local granted = 0
   if want > 0 then
-    granted, wait = limit_take(rate, slots, limit, window_ms, math.min(want, #fresh), now)
+    local units, calls = limits_room(limits(), fresh_wanted)
+    granted = limits_count(L, fresh_costs, limits_fit(fresh_costs, want, units, calls))
   end
   local ids, rest = {}, {}
   for i, member in ipairs(fresh) do
@@ -89,10 +133,10 @@ if #fresh > 0 and redis.call('EXISTS', index, retry) == 0 and (drained or all_fi
   end
   index_entries(stream, index, group, me, waiting, rest, 'fresh', pending_bound)
   if granted == 0 and want > 0 then
-    return {FULL, wait}
+    return done({FULL, limits_wait(L, fresh_costs[1])})
   end
-  slots_hold(slots, ids, now, stamp, deadline_ms, window_ms)
-  return {GRANTED_FRESH, ids, stamp}
+  if granted > 0 then limits_charge(L, ids, fresh_costs, stamp, deadline_ms) end
+  return done({GRANTED_FRESH, ids, stamp})
 end
 
 if #fresh > 0 and keep and not drained then
@@ -116,9 +160,9 @@ if #due > 0 then
   call_chunked({'ZADD', index}, scored, {}, 2)
 end
 
-local n = math.min(want, redis.call('ZCARD', index))
-if n <= 0 then
-  if want <= 0 then return {EMPTY, 0} end
+if want <= 0 then return {EMPTY, 0} end
+local best = redis.call('ZRANGE', index, 0, want - 1)
+if #best == 0 then
   local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')
   if #nxt > 0 then
     return {EMPTY, math.max(tonumber(nxt[2]) - now, 0)}
@@ -126,9 +170,16 @@ if n <= 0 then
   return {EMPTY, -1}
 end
 
-local granted, wait = limit_take(rate, slots, limit, window_ms, n, now)
-if granted == 0 then
-  return {FULL, wait}
+local costs, wanted = costs_of(best, want)
+local granted
+if costs[1] > max_cost then
+  granted = 1  -- no term could ever grant it: handed over uncharged, to be dead-lettered
+else
+  local units, calls = limits_room(limits(), wanted)
+  granted = limits_count(L, costs, limits_fit(costs, want, units, calls))
+  if granted == 0 then
+    return done({FULL, limits_wait(L, costs[1])})
+  end
 end
 
 local popped = redis.call('ZPOPMIN', index, granted)
@@ -145,17 +196,23 @@ for _, row in ipairs(call_chunked({'XCLAIM', stream, group, me, 0}, popped_ids, 
 end
 local lo, hi = id_range(members)
 local counts = held_by(stream, group, me, lo, hi, pending_bound)
-local grants, ids = {}, {}
-for _, member in ipairs(members) do
+local grants, ids, charged, vanished = {}, {}, {}, 0
+for i, member in ipairs(members) do
   local id = member_id(member)
   if claimed[id] then
     grants[#grants + 1] = {id, claimed[id], counts[id] or 1, member}
     ids[#ids + 1] = id
+    charged[#charged + 1] = costs[i]
+  else
+    vanished = vanished + costs[i]
   end
 end
-counter_give_back(rate, granted - #grants)
-if #grants == 0 then
-  return {EMPTY, 0}
+if costs[1] > max_cost then
+  return done({GRANTED, grants, stamp})
 end
-slots_hold(slots, ids, now, stamp, deadline_ms, window_ms)
-return {GRANTED, grants, stamp}
+limits_uncount(L, vanished)
+limits_charge(L, ids, charged, stamp, deadline_ms)
+if #grants == 0 then
+  return done({EMPTY, 0})
+end
+return done({GRANTED, grants, stamp})

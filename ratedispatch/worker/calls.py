@@ -12,7 +12,7 @@ import httpx
 
 from ..errors import InvalidTask
 from ..guard import RedisGuard
-from ..limits.window import Limiter
+from ..limits.limiter import Limiter
 from ..queue.entries import Grant, Success
 from ..queue.queue import Queue
 from ..settings import Settings
@@ -71,26 +71,32 @@ class Caller:
                 timeout=self._settings.http_timeout_seconds,
             )
         except InvalidTask as exc:
-            await self.bury(
-                entry.id,
-                exc.reason,
-                "invalid",
-                last_status="invalid",
-                attempts=grant.attempt - 1,
-                stamp=grant.stamp,  # no call: the slot frees
-            )
+            await self._bury_uncalled(grant, exc.reason, "invalid")
+            return
+        refusal = self._limiter.limits.refusal(task.cost)
+        if refusal is not None:  # indexed by a worker with other LIMITS
+            await self._bury_uncalled(grant, refusal, "invalid")
             return
         if grant.attempt > self._settings.max_attempts:
             # Counted attempts include calls cut short by a crash: the limit still holds.
-            await self.bury(
-                entry.id,
+            reason = (
                 f"gave up after {grant.attempt - 1} attempts "
                 f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}); "
-                "the last one was interrupted by a worker stopping",
-                "interrupted",
-                last_status="interrupted",
-                attempts=grant.attempt - 1,
-                stamp=grant.stamp,  # no call: the slot frees
+                "the last one was interrupted by a worker stopping"
+            )
+            await self._bury_uncalled(grant, reason, "interrupted")
+            return
+        # The call must end within HTTP_TIMEOUT_SECONDS of asking for its take: the flight
+        # counts it from the take, and drops it (as a dead worker's) after that and a margin.
+        budget = grant.asked_at + self._settings.http_timeout_seconds - time.monotonic()
+        if budget <= 0:
+            log.warning(
+                "task %s: its take came back after HTTP_TIMEOUT_SECONDS (the worker stalled); "
+                "not called, back to waiting",
+                entry.id,
+            )
+            await self._queue.retry_later(
+                entry.id, grant.member, 0, stamp=grant.stamp, answered=None
             )
             return
         if grant.attempt == 1:
@@ -98,16 +104,16 @@ class Caller:
             enqueued_ms = int(entry.id.partition("-")[0])
             self._metrics.queue_wait.observe(max(0.0, time.time() - enqueued_ms / 1000))
         started = time.monotonic()
-        outcome = await self._send(request)
+        outcome = await self._send(request, budget)
         answered = time.monotonic()
         self._metrics.call(outcome.verdict.value, outcome.http_status, answered - started)
         await self._settle(grant, outcome, round((answered - started) * 1000), answered)
 
-    async def _send(self, request: httpx.Request) -> Outcome:
+    async def _send(self, request: httpx.Request, budget: float) -> Outcome:
         try:
             # A total deadline, not httpx's per-read one: a call must end well before
             # RECLAIM_IDLE_SECONDS, or another worker could take its entry and call again.
-            with anyio.fail_after(self._settings.http_timeout_seconds):
+            with anyio.fail_after(budget):
                 if self._transport is not None:
                     response = await self._transport.handle_async_request(request)
                 else:
@@ -130,7 +136,9 @@ class Caller:
         entry_id = grant.entry.id
         if outcome.verdict is Verdict.OK:
             status = outcome.http_status or 0
-            success = Success(entry_id, status, duration_ms, grant.attempt, grant.stamp, answered)
+            success = Success(
+                entry_id, status, duration_ms, grant.attempt, grant.stamp, answered, grant.cost
+            )
             recorded = await self._acker.ack(success)
         elif outcome.verdict is Verdict.RETRY and grant.attempt < self._settings.max_attempts:
             delay = retry_delay(
@@ -172,6 +180,7 @@ class Caller:
                 duration_ms=duration_ms,
                 attempts=grant.attempt,
                 stamp=grant.stamp,
+                cost=grant.cost,
                 answered=answered,
             )
         if not recorded:
@@ -190,7 +199,19 @@ class Caller:
         closed = await self._guard.run(
             lambda: self._limiter.close_for(seconds), "closing the window after a 429"
         )
-        log.warning("the API answered 429: window closed for every worker for %.1fs", closed)
+        log.warning("the API answered 429: limits closed for every worker for %.1fs", closed)
+
+    async def _bury_uncalled(self, grant: Grant, reason: str, kind: str) -> None:
+        """Dead-letter a granted entry without calling it: its call leaves the flight unmade."""
+        await self.bury(
+            grant.entry.id,
+            reason,
+            kind,
+            last_status=kind,
+            attempts=grant.attempt - 1,
+            stamp=grant.stamp,
+            cost=grant.cost,
+        )
 
     async def bury(
         self, entry_id: str, reason: str, kind: str, *, last_status: str, **details: Any

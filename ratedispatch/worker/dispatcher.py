@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from ..guard import RedisGuard
 from ..keys import Keys
-from ..limits.window import Limiter
+from ..limits.limiter import Limiter
 from ..queue.consumers import Consumers
 from ..queue.entries import Grant, TakeStatus
 from ..queue.queue import Queue
@@ -112,12 +112,14 @@ class Dispatcher:
             with self._intake:
                 await self.guard.run(self.queue.ensure_group, "creating the consumer group")
                 log.info(
-                    "worker %s started on %s (group %s), limit %d per %gs, concurrency %d",
+                    "worker %s started on %s (group %s), limits %s%s, concurrency %d",
                     self.queue.consumer,
                     self.keys.stream,
                     self.keys.group,
-                    self._settings.rate_limit,
-                    self._settings.rate_window_seconds,
+                    self.limiter.limits,
+                    f", at most {self.limiter.max_in_flight} in flight across the fleet"
+                    if self.limiter.max_in_flight
+                    else "",
                     self._settings.concurrency,
                 )
                 task_status.started()
@@ -194,7 +196,8 @@ class Dispatcher:
                 continue
             if take.status is TakeStatus.FULL:
                 self.metrics.slots_refused.inc()
-                # Sleep exactly until Redis expires the window (its PTTL), not a fixed poll.
+                # Sleep until the best task may fit (a window's PTTL, a paced term's next
+                # emission), not a fixed poll.
                 await anyio.sleep(max(take.wait or 0.0, 0.001))
             else:
                 if take.wait is None:

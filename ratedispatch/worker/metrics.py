@@ -86,11 +86,26 @@ class Metrics:
         )
         self.slots_busy = Gauge(
             "ratedispatch_slots_busy",
-            "Slots in the slot log: calls in flight or answered less than a window ago",
+            "The first limit term's busy units: in flight, or answered less than its D ago",
             registry=r,
         )
+        self.term_used = Gauge(
+            "ratedispatch_limit_used",
+            "Units busy in each limit term (a paced term: its bucket's level; max_in_flight: "
+            "calls in flight across the fleet)",
+            ["term"], registry=r,
+        )  # fmt: skip
+        self.term_limit = Gauge(
+            "ratedispatch_limit", "Each limit term's N (a paced term: its burst B)", ["term"],
+            registry=r,
+        )  # fmt: skip
+        self.term_frees_in = Gauge(
+            "ratedispatch_limit_frees_in_seconds",
+            "Seconds until each limit term's next busy unit frees (0: none is busy)",
+            ["term"], registry=r,
+        )  # fmt: skip
         self.window_limit = Gauge(
-            "ratedispatch_window_limit", "Slots per window (RATE_LIMIT)", registry=r
+            "ratedispatch_window_limit", "Units per window of the first term (N)", registry=r
         )
 
     def call(self, outcome: str, http_status: int | None, seconds: float) -> None:
@@ -108,6 +123,10 @@ class Metrics:
         self.window_used.set(status.window_used)
         self.window_limit.set(status.window_limit)
         self.slots_busy.set(status.slots_busy)
+        for term in status.terms:
+            self.term_used.labels(term.term).set(term.used)
+            self.term_limit.labels(term.term).set(term.limit)
+            self.term_frees_in.labels(term.term).set(term.frees_in or 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -44,6 +44,7 @@ class Reader:
         releases the rest; `bury_invalid(entry id, reason)` dead-letters an invalid entry;
         `wake_dispatch()` tells the dispatch loop the index has work."""
         self._settings = settings
+        self._limits = settings.limit_terms
         self._queue = queue
         self._capacity = capacity
         self._start_calls = start_calls
@@ -75,7 +76,7 @@ class Reader:
         with anyio.move_on_after(SHIELD_SECONDS, shield=True):
             valid = await self._parse(entries)
             if valid:
-                await self._queue.index_held(((e.id, t.priority) for e, t in valid), reread=reread)
+                await self._queue.index_held(((e.id, t) for e, t in valid), reread=reread)
                 self.fast = False
                 self._wake_dispatch()
 
@@ -148,7 +149,8 @@ class Reader:
             self._wake_dispatch()  # the index holds what the stream held: the loop takes
 
     async def _parse(self, entries: Sequence[Entry]) -> list[tuple[Entry, Task]]:
-        """The valid entries with their task; the invalid ones are dead-lettered."""
+        """The valid entries with their task; the invalid ones are dead-lettered, and so are
+        those that cost more than a limit term can ever grant."""
         valid = []
         for entry in entries:
             try:
@@ -157,6 +159,10 @@ class Reader:
                 )
             except InvalidTask as exc:
                 await self._bury_invalid(entry.id, exc.reason)
+                continue
+            refusal = self._limits.refusal(task.cost)
+            if refusal is not None:
+                await self._bury_invalid(entry.id, refusal)
                 continue
             valid.append((entry, task))
         return valid

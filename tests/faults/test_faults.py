@@ -163,7 +163,7 @@ def test_api_faults_end_as_the_contract_says(
     letters = {f[b"original_id"].decode(): f for _, f in rows}
     last_statuses = {letters[t][b"last_status"].decode() for t, e in expected.items() if e[1] == ""}
     assert last_statuses <= {"TimeoutError", "RemoteProtocolError", "ReadError"}, last_statuses
-    assert any("window closed for every worker" in log for log in logs)
+    assert any("limits closed for every worker" in log for log in logs)
 
 
 def test_operator_accidents_cost_only_what_was_removed(

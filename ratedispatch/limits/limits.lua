@@ -1,0 +1,328 @@
+-- Every limit term at once (RATEDISPATCH_LIMITS) and MAX_IN_FLIGHT: a call starts only when each
+-- has room for its cost.  A take opens the limits (limits_open, limits_expire), asks how many of
+-- its candidates fit (limits_fit, then limits_count for the counter), and charges the calls it
+-- hands over (limits_charge) or says how long to wait (limits_wait); a script that records
+-- answers settles their calls (limits_settle).  Writes gather in the limits object and reach
+-- Redis at the end, in a few commands (limits_flush).
+--
+-- The terms come as text, `w,N,D_ms` or `p,N,D_ms,B` each, joined by `;` (ratedispatch/terms.py).
+-- Their state is one hash at RATE_KEY:terms, in fields named for each term: a window term's by
+-- its D (a new N goes on counting the calls already made), a paced term's by N/D.  Its field
+-- `flight` sums the units in flight; `due` is no later than the first in-flight deadline.
+--
+-- include: lua/chunks.lua
+-- include: limits/counter.lua
+-- include: limits/window_log.lua
+-- include: limits/pacing.lua
+-- include: limits/flight.lua
+
+-- When only MAX_IN_FLIGHT refuses, a call may end at any moment: look again this soon.
+local FLIGHT_POLL_MS = 5
+-- The hash outlives its last refresh by twice its longest term and this much.
+local LIMITS_IDLE_MS = 3600000
+
+local function limits_terms(spec)
+  local terms, counter = {}, true
+  for text in string.gmatch(spec, '[^;]+') do
+    local kind, n, d, b = string.match(text, '^([wp]),(%d+),(%d+),?(%d*)$')
+    if kind == nil then error('not a limit term: ' .. text) end
+    local term = {kind = kind, n = tonumber(n), d = tonumber(d)}
+    if kind == 'w' then
+      term.w = math.ceil(term.d / WINDOW_BUCKETS)
+      term.prefix = 'w' .. d .. ':'
+      term.counter = counter  -- the first N/D term keeps the fixed-window counter at RATE_KEY
+      counter = false
+    else
+      term.b = tonumber(b)
+      term.t = term.d / term.n
+      term.prefix = 'p' .. n .. '/' .. d .. ':'
+    end
+    terms[#terms + 1] = term
+  end
+  return terms
+end
+
+-- Read the state of every term.  `answered_at`: the times of the answers this script records,
+-- whose bucket fields are read too, so that they can be written back in the one HSET.
+local function limits_open(rate, flight, hash, spec, cap, now, answered_at)
+  local L = {rate = rate, flight_key = flight, hash = hash, cap = cap, now = now,
+             terms = limits_terms(spec), known = {}, hset = {}, hincr = {}, hdel = {}}
+  local fields = {'flight', 'due', 'ttl_at'}
+  for _, term in ipairs(L.terms) do
+    if term.kind == 'w' then
+      fields[#fields + 1] = term.prefix .. 'lo'
+      fields[#fields + 1] = term.prefix .. 'sum'
+      local seen = {}
+      for _, at in ipairs(answered_at or {}) do
+        local name = term.prefix .. window_bucket(term, at)
+        if not seen[name] then
+          seen[name] = true
+          fields[#fields + 1] = name
+        end
+      end
+    else
+      fields[#fields + 1] = term.prefix .. 'tat'
+    end
+  end
+  local values = redis.call('HMGET', hash, unpack(fields))
+  for i, field in ipairs(fields) do L.known[field] = tonumber(values[i]) or 0 end
+  L.flight = math.max(L.known['flight'], 0)
+  L.due = tonumber(values[2])
+  -- Refresh the hash's TTL now and then, not at every write: it only has to outlive an idle spell.
+  if L.now >= L.known['ttl_at'] then
+    L.refresh = true
+    L.hset['ttl_at'] = L.now + LIMITS_IDLE_MS / 2
+  end
+  local i = 4
+  for _, term in ipairs(L.terms) do
+    if term.kind == 'w' then
+      term.lo, term.sum = tonumber(values[i]), math.max(tonumber(values[i + 1]) or 0, 0)
+      i = i + 2
+    else
+      term.tat = tonumber(values[i]) or 0
+      i = i + 1
+    end
+  end
+  return L
+end
+
+-- A call of `units` reached the API no later than `at` (its answer, or its deadline): each term
+-- counts it from then.
+local function limits_answered(L, at, units)
+  for _, term in ipairs(L.terms) do
+    if term.kind == 'p' then
+      paced_answered(term, at, units, L)
+    else
+      local name = window_field(term, at, L.now)
+      if name ~= nil then
+        if L.hset[name] ~= nil or L.known[name] ~= nil then
+          L.hset[name] = (L.hset[name] or L.known[name]) + units
+        else
+          L.hincr[name] = (L.hincr[name] or 0) + units
+        end
+        term.sum = term.sum + units
+        L.hset[term.prefix .. 'sum'] = term.sum
+      end
+    end
+  end
+end
+
+-- Calls past their deadline belong to workers that died: answered, as far as any term can
+-- tell, at their deadline.  Looked for only once `due` has passed, so not at every take.
+local function limits_expire(L)
+  if (L.due == nil and L.flight == 0) or (L.due ~= nil and L.due > L.now) then return end
+  local expired = flight_expired(L.flight_key, L.now)
+  for i = 1, #expired, 2 do
+    local units = flight_cost(expired[i])
+    limits_answered(L, tonumber(expired[i + 1]), units)
+    L.flight = L.flight - units
+  end
+  L.expired = #expired / 2
+  local first = redis.call('ZRANGEBYSCORE', L.flight_key, '(' .. L.now, '+inf', 'WITHSCORES',
+                           'LIMIT', 0, 1)
+  if #first == 0 then
+    L.flight = 0  -- nothing in flight, whatever the sum said (an operator's DEL, say)
+    L.due = nil
+  else
+    L.due = tonumber(first[2])
+  end
+  L.flight = math.max(L.flight, 0)
+  L.hset['flight'] = L.flight
+  L.hset['due'] = L.due or ''
+end
+
+-- The room of each term for a take that could use `wanted` units (math.huge: all of it): whole
+-- units, and calls under MAX_IN_FLIGHT.  A window term's stale buckets are dropped only when
+-- counting them would refuse something, or once every D: its sum only ever counts too many.
+-- The counter is not read here: limits_count charges it last, counting first.
+local function limits_room(L, wanted)
+  local units = math.huge
+  for _, term in ipairs(L.terms) do
+    if term.kind == 'w' then
+      local stale = term.lo == nil or window_cutoff(term, L.now) - term.lo > WINDOW_BUCKETS
+      if stale or term.n - L.flight - term.sum < wanted then
+        window_advance(L.hash, term, L.now, L)
+      end
+      term.room = term.n - L.flight - term.sum
+    else
+      term.room = paced_room(term, L.flight, L.now)
+    end
+    units = math.min(units, term.room)
+  end
+  local calls = math.huge
+  if L.cap > 0 then
+    if L.calls == nil then L.calls = redis.call('ZCARD', L.flight_key) - (L.expired or 0) end
+    calls = L.cap - L.calls
+  end
+  return math.max(units, 0), math.max(calls, 0)
+end
+
+-- The counter's room, read (not charged): for a take that must know it before it charges.
+local function limits_counter_room(L)
+  for _, term in ipairs(L.terms) do
+    if term.counter then
+      local used, garbage = counter_used(L.rate, term.n)
+      term.used, term.garbage = used, garbage
+      return term.n - used
+    end
+  end
+  return math.huge
+end
+
+-- How many of `costs` (in order) fit in `units` and `calls`, at most `most`: the best tasks go
+-- first, so a task that does not fit is not passed over for cheaper ones behind it.
+local function limits_fit(costs, most, units, calls)
+  local k, sum = 0, 0
+  while k < most and k < calls and k < #costs and sum + costs[k + 1] <= units do
+    k = k + 1
+    sum = sum + costs[k]
+  end
+  return k
+end
+
+-- Charge the counter for the first `k` of `costs`, counting first and giving back what does not
+-- fit (one command fewer than reading first); returns how many it took.
+local function limits_count(L, costs, k)
+  for _, term in ipairs(L.terms) do
+    if term.counter and k > 0 then
+      local units = 0
+      for i = 1, k do units = units + costs[i] end
+      local used = counter_charge(L.rate, term.n, term.d, units)
+      local took, sum = 0, 0
+      if used ~= nil then
+        local room = term.n - (used - units)
+        while took < k and sum + costs[took + 1] <= room do
+          took = took + 1
+          sum = sum + costs[took]
+        end
+        counter_give_back(L.rate, units - sum)
+        term.used = used - (units - sum)
+      else
+        term.used = term.n  -- garbage, now a full window
+      end
+      return took
+    end
+  end
+  return k
+end
+
+-- Give the counter back the units of calls that were not handed over after all.
+local function limits_uncount(L, units)
+  for _, term in ipairs(L.terms) do
+    if term.counter then counter_give_back(L.rate, units) end
+  end
+end
+
+-- The ms until a call of `need` units may fit: the latest of the refusing terms' waits.
+local function limits_wait(L, need)
+  local _, calls = limits_room(L, need)
+  local wait = 1
+  for _, term in ipairs(L.terms) do
+    if term.room < need then
+      if term.kind == 'w' then
+        wait = math.max(wait, window_wait(L.hash, term, term.n - term.room, L.flight, need, L.now))
+      else
+        wait = math.max(wait, paced_wait(term, L.flight, need, L.now))
+      end
+    end
+    if term.counter then
+      if term.used == nil then limits_counter_room(L) end
+      if term.n - term.used < need then
+        wait = math.max(wait, counter_wait(L.rate, term.n, term.d, term.garbage))
+      end
+    end
+  end
+  if calls < 1 then wait = math.max(wait, FLIGHT_POLL_MS) end
+  return wait
+end
+
+-- The calls for `ids` (costing `costs`) start: in flight until the take's deadline.
+local function limits_charge(L, ids, costs, stamp, deadline_ms)
+  if #ids == 0 then return end
+  local deadline, scored, units = L.now + deadline_ms, {}, 0
+  for i, id in ipairs(ids) do
+    scored[#scored + 1] = deadline
+    scored[#scored + 1] = flight_member(id, stamp, costs[i])
+    units = units + costs[i]
+  end
+  call_chunked({'ZADD', L.flight_key}, scored, {}, 2)
+  L.flight = L.flight + units
+  L.hset['flight'] = L.flight
+  if L.due == nil or L.due > deadline then
+    L.due = deadline
+    L.hset['due'] = deadline
+  end
+end
+
+-- Calls were answered: `answers` is {member, units, at} for each (at: nil when no call was made,
+-- an invalid entry or one out of attempts).  Each leaves the flight, once, and each call made
+-- counts in every term from its answer.
+local function limits_settle(L, answers)
+  local members = {}
+  for i, answer in ipairs(answers) do members[i] = answer[1] end
+  local present
+  if #members == 1 then
+    present = {[members[1]] = redis.call('ZREM', L.flight_key, members[1]) == 1}
+  else
+    present = flight_present(L.flight_key, members)
+  end
+  local gone = {}
+  for _, answer in ipairs(answers) do
+    if present[answer[1]] then
+      gone[#gone + 1] = answer[1]
+      L.flight = L.flight - answer[2]
+      if answer[3] ~= nil then limits_answered(L, answer[3], answer[2]) end
+    end
+  end
+  if #gone == 0 then return end
+  if #members > 1 then call_chunked({'ZREM', L.flight_key}, gone, {}) end
+  L.flight = math.max(L.flight, 0)
+  L.hset['flight'] = L.flight
+end
+
+-- Write what the script changed: one HSET, an HINCRBY for a bucket not read, one HDEL.
+local function limits_flush(L)
+  local pairs_list = {}
+  for field, value in pairs(L.hset) do
+    if type(value) == 'number' and value ~= math.floor(value) then
+      value = string.format('%.4f', value)
+    end
+    pairs_list[#pairs_list + 1] = field
+    pairs_list[#pairs_list + 1] = value
+  end
+  if (L.expired or 0) > 0 then redis.call('ZREMRANGEBYSCORE', L.flight_key, '-inf', L.now) end
+  if #pairs_list == 0 and next(L.hincr) == nil and #L.hdel == 0 then return end
+  if #L.hdel > 0 then call_chunked({'HDEL', L.hash}, L.hdel, {}) end
+  if #pairs_list > 0 then call_chunked({'HSET', L.hash}, pairs_list, {}, 2) end
+  for field, units in pairs(L.hincr) do redis.call('HINCRBY', L.hash, field, units) end
+  if L.refresh then
+    local longest, ahead = 0, 0
+    for _, term in ipairs(L.terms) do
+      longest = math.max(longest, term.d)
+      if term.kind == 'p' then ahead = math.max(ahead, term.tat - L.now) end
+    end
+    redis.call('PEXPIRE', L.hash, math.ceil(2 * longest + ahead + LIMITS_IDLE_MS))
+  end
+end
+
+-- An answer script's whole part in the limits: `calls` is {id, stamp, cost, ago_ms} for each
+-- call answered ago_ms before `now` (an empty stamp: none was started for it; ago_ms < 0: none
+-- was made after all).  The worker measures ago_ms just before it sends the script, so it is
+-- only ever too short: each call counts from a moment no earlier than the API saw it.
+local function limits_record(flight, hash, spec, now, calls)
+  local answers, times = {}, {}
+  for _, call in ipairs(calls) do
+    if call[2] ~= '' then
+      local at = nil
+      if call[4] >= 0 then
+        at = now - call[4]
+        times[#times + 1] = at
+      end
+      answers[#answers + 1] = {flight_member(call[1], call[2], call[3]), call[3], at}
+    end
+  end
+  if #answers == 0 then return end
+  local L = limits_open(nil, flight, hash, spec, 0, now, times)
+  limits_settle(L, answers)
+  limits_flush(L)
+end

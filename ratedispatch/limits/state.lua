@@ -1,0 +1,39 @@
+-- Where every limit term stands, for `status` and the gauges; reads only (under OOM too).
+--
+-- KEYS[1] rate: the fixed-window counter (RATE_KEY)
+-- KEYS[2] flight: the calls in flight
+-- KEYS[3] terms: the limit terms' state
+-- ARGV[1] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
+-- Returns {{used, limit, frees_in_ms}, ... one for each term, in order; then the counter's
+-- {used, pttl} ({-1, -1} without an N/D term); then {calls in flight, units in flight}}.
+-- frees_in_ms is the soonest a busy unit may free, as a refused take would wait for it (a unit
+-- in flight frees D after its answer: D from now at the soonest); -1 when none is busy.
+--
+-- include: lua/clock.lua
+-- include: limits/limits.lua
+local rate, flight, terms = KEYS[1], KEYS[2], KEYS[3]
+local now = now_ms()
+
+local L = limits_open(rate, flight, terms, ARGV[1], 1, now)
+limits_expire(L)
+limits_room(L, math.huge)
+local rows, counter = {}, {-1, -1}
+for _, term in ipairs(L.terms) do
+  if term.kind == 'w' then
+    local frees = window_freeing(terms, term, 1, now) or -1
+    if L.flight > 0 and (frees < 0 or frees > term.d) then frees = term.d end
+    rows[#rows + 1] = {math.max(0, math.min(term.n, term.n - term.room)), term.n, frees}
+    if term.counter then
+      counter = {counter_used(rate, term.n), redis.call('PTTL', rate)}
+    end
+  else
+    local level, frees = paced_level(term, now), -1
+    if level > 0 then
+      frees = math.ceil((term.tat - now) - (math.ceil(level - PACED_SLACK) - 1) * term.t)
+    end
+    rows[#rows + 1] = {math.max(0, math.min(term.b, term.b - term.room)), term.b, frees}
+  end
+end
+rows[#rows + 1] = counter
+rows[#rows + 1] = {L.calls, L.flight}
+return rows
