@@ -23,6 +23,7 @@ from .ops import admin
 from .ops.dead import parse_duration
 from .producer import build_entry, enqueue
 from .settings import ENV_PREFIX, Settings, load_settings, mask_url
+from .terms import Limits
 from .worker.service import run_worker
 
 # The settings each command reads, and so the only ones it shows and takes as flags (the rest
@@ -129,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--limit", type=int, default=20, help="calls per window (default 20)")
     demo.add_argument("--window", type=float, default=1.0, help="window seconds (default 1)")
     demo.add_argument("--workers", type=int, default=3, help="workers sharing the limit")
+    demo.add_argument("--limits", metavar="TERMS",
+                      help='several terms at once, e.g. "20/1s, 50/5s" (instead of --limit and '
+                      "--window)")  # fmt: skip
     return parser
 
 
@@ -208,8 +212,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.tasks < 1 or args.limit < 1 or args.window <= 0 or args.workers < 1:
         raise ConfigError("demo: --tasks, --limit, --workers must be ≥ 1, --window > 0")
+    try:
+        limits = None if args.limits is None else Limits.parse(args.limits)
+    except ValueError as exc:
+        raise ConfigError(f"demo: --limits {args.limits!r}: {exc}") from None
     logs.configure("ERROR", "text")  # the summary lists what matters
-    ok = anyio.run(run_demo, args.tasks, args.limit, args.window, args.workers)
+    ok = anyio.run(run_demo, args.tasks, args.limit, args.window, args.workers, None, limits)
     return 0 if ok else 1
 
 

@@ -94,6 +94,8 @@ def make_settings(**overrides: Any) -> Settings:
         "retry_backoff_max_seconds": 0.05,
         "shutdown_grace_seconds": 2.0,
     }
+    if "limits" in overrides:  # LIMITS replaces the one term of RATE_LIMIT per window
+        del values["rate_limit"], values["rate_window_seconds"]
     values.update(overrides)
     return Settings(_env_file=None, **values)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import httpx
@@ -12,8 +14,10 @@ from ratedispatch import Dispatcher, Settings, build_entry, enqueue
 from ratedispatch.guard import RedisGuard
 from ratedispatch.keys import Keys
 from ratedispatch.limits.limiter import Limiter, TermState, Window
-from ratedispatch.queue import Consumers, Queue
+from ratedispatch.queue import Consumers, Queue, read_stream
 from ratedispatch.task import Priority, parse_entry
+
+from .conftest import read_block_ms
 
 
 async def eventually(
@@ -25,6 +29,30 @@ async def eventually(
             await anyio.sleep(0.02)
         return
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@asynccontextmanager
+async def running(settings: Settings, redis: Redis, **kw: Any) -> AsyncIterator[Dispatcher]:
+    async with httpx.AsyncClient() as http:
+        dispatcher = Dispatcher(settings, redis, http, read_block_ms=read_block_ms(redis), **kw)
+        async with anyio.create_task_group() as tg:
+            await tg.start(dispatcher.run)
+            yield dispatcher
+            dispatcher.stop()
+
+
+async def fields_of(redis: Redis, stream: str) -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode() for k, v in e.fields.items()}
+        for e in await read_stream(redis, stream)
+    ]
+
+
+async def count_is(redis: Redis, stream: str, n: int) -> None:
+    async def check() -> bool:
+        return bool(await redis.xlen(stream) >= n)
+
+    await eventually(check, what=f"{n} entries on {stream}")
 
 
 def limiter_for(settings: Settings, redis: Redis) -> Limiter:
@@ -87,11 +115,14 @@ __all__ = [
     "Priority",
     "add_tasks",
     "consumers_for",
+    "count_is",
     "counter_of",
     "dispatcher_for",
     "eventually",
+    "fields_of",
     "index_all",
     "limiter_for",
     "queue_for",
+    "running",
     "term_state",
 ]

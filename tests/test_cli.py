@@ -62,7 +62,14 @@ def test_enqueue_prints_the_entry_id_of_a_plain_entry(
         (["enqueue", "/a", "--field", "priority=high"], "reserved"),
         # `status` reads the limit (enqueue does not, and has no such flag: test_cli_settings.py)
         (["status", "--rate-limit", "zero"], "RATEDISPATCH_RATE_LIMIT='zero'"),
+        (["status", "--limits", "100/0s"], "RATEDISPATCH_LIMITS='100/0s' is invalid"),
+        (["status", "--limits", "ten/1m"], "'ten' is not a whole number"),
+        (["status", "--limits", "5/1s burst 0"], "the burst must be 1 to"),
+        (["status", "--limits", "5/1s", "--rate-limit", "5"], "LIMITS replaces"),
+        (["enqueue", "/a", "--cost", "0"], "cost '0' is not a whole number of 1 or more"),
+        (["enqueue", "/a", "--cost", "1e9"], "cost '1e9' is not a whole number"),
         (["demo", "--tasks", "0"], "demo:"),
+        (["demo", "--limits", "20/1 s"], "demo: --limits '20/1 s': term '20/1 s'"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(
@@ -100,6 +107,15 @@ def test_demo_runs_on_the_embedded_default_and_reports_the_limit_held(
     assert "limit held" in out
     assert "60 tasks ok, 3 dead-lettered, 0 unfinished" in out
     assert "high priority went first" in out and out.rstrip().endswith("yes")
+
+
+def test_demo_shows_two_terms_at_work(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--tasks", "50", "--limits", "10/500ms burst 4, 20/2s"]) == 0
+    out = capsys.readouterr().out
+    assert "sharing the limits 10/500ms burst 4, 20/2s (the lines: windows of 20/2s)" in out
+    assert "term 10/500ms burst 4: fullest bucket: " in out
+    assert "term 20/2s: most calls in any 2s: 20/20: held" in out
+    assert "50 tasks ok" in out
 
 
 def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,9 +5,6 @@ Runs on fakeredis and on a real redis-server (the `redis` fixture)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
 
 import anyio
 import httpx
@@ -15,38 +12,14 @@ import pytest
 import respx
 from redis.asyncio import Redis
 
-from ratedispatch import Dispatcher, Settings
+from ratedispatch import Dispatcher
 from ratedispatch.devtools.audit import Call, fixed_windows
 from ratedispatch.queue import read_stream
 
 from .conftest import API, make_settings, read_block_ms
-from .helpers import add_tasks, counter_of, eventually
+from .helpers import add_tasks, count_is, counter_of, eventually, fields_of, running
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def running(settings: Settings, redis: Redis, **kw: Any) -> AsyncIterator[Dispatcher]:
-    async with httpx.AsyncClient() as http:
-        dispatcher = Dispatcher(settings, redis, http, read_block_ms=read_block_ms(redis), **kw)
-        async with anyio.create_task_group() as tg:
-            await tg.start(dispatcher.run)
-            yield dispatcher
-            dispatcher.stop()
-
-
-async def fields_of(redis: Redis, stream: str) -> list[dict[str, str]]:
-    return [
-        {k.decode(): v.decode() for k, v in e.fields.items()}
-        for e in await read_stream(redis, stream)
-    ]
-
-
-async def count_is(redis: Redis, stream: str, n: int) -> None:
-    async def check() -> bool:
-        return bool(await redis.xlen(stream) >= n)
-
-    await eventually(check, what=f"{n} entries on {stream}")
 
 
 async def test_a_2xx_is_acknowledged_deleted_and_recorded(redis: Redis) -> None:

@@ -14,8 +14,7 @@ from ratedispatch.ops.status import collect
 from ratedispatch.worker.metrics import Metrics, MetricsServer
 
 from .conftest import API, make_settings
-from .helpers import add_tasks, index_all, queue_for
-from .test_dispatcher import count_is, running
+from .helpers import add_tasks, count_is, index_all, queue_for, running
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

@@ -7,6 +7,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
+def busiest(times: Sequence[float], seconds: float) -> int:
+    """The most calls in any interval of `seconds` (a sliding window, not fixed ones)."""
+    ordered = sorted(times)
+    start, most = 0, 0
+    for end, at in enumerate(ordered):
+        while at - ordered[start] >= seconds:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def fullest_bucket(times: Sequence[float], per_second: float) -> float:
+    """The highest level a leaky bucket draining `per_second` reaches with these arrivals
+    (nginx `limit_req` refuses a call that would take it above its burst, plus one)."""
+    level, last, most = 0.0, 0.0, 0.0
+    for index, at in enumerate(sorted(times)):
+        if index:
+            level = max(0.0, level - (at - last) * per_second)
+        level, last = level + 1, at
+        most = max(most, level)
+    return most
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     at: float  # seconds, on the observer's clock

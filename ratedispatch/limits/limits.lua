@@ -52,16 +52,18 @@ local function limits_open(rate, flight, hash, spec, cap, now, answered_at)
     if term.kind == 'w' then
       fields[#fields + 1] = term.prefix .. 'lo'
       fields[#fields + 1] = term.prefix .. 'sum'
-      local seen = {}
-      for _, at in ipairs(answered_at or {}) do
-        local name = term.prefix .. window_bucket(term, at)
-        if not seen[name] then
-          seen[name] = true
-          fields[#fields + 1] = name
-        end
-      end
     else
       fields[#fields + 1] = term.prefix .. 'tat'
+    end
+  end
+  local seen = {}
+  for _, term in ipairs(L.terms) do
+    for _, at in ipairs(term.kind == 'w' and answered_at or {}) do
+      local name = term.prefix .. window_bucket(term, at)
+      if not seen[name] then
+        seen[name] = true
+        fields[#fields + 1] = name
+      end
     end
   end
   local values = redis.call('HMGET', hash, unpack(fields))
