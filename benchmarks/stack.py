@@ -39,6 +39,7 @@ error_log {workdir}/nginx-error.log warn;
 pid {workdir}/nginx.pid;
 events {{ worker_connections {connections}; }}
 http {{
+    {limit_zone}
     log_format calls '$msec $http_idempotency_key $arg_prio $status';
     access_log {workdir}/calls.log calls buffer=1m flush=5s;
     client_body_temp_path {workdir}/nginx-body;
@@ -49,7 +50,7 @@ http {{
     keepalive_requests 10000000;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
-        location / {{ default_type application/json; return 200 '{{"ok": true}}'; }}
+        location / {{ default_type application/json; {answer} }}
     }}
 }}
 """
@@ -63,7 +64,16 @@ class Stack:
     `api="mock"`, it is `python -m ratedispatch.devtools.mockapi`, which records CLOCK_MONOTONIC
     to the microsecond. `clock()` is the producer-side clock that matches the observer's."""
 
-    def __init__(self, workers_env: Mapping[str, str], *, api: str = "auto") -> None:
+    def __init__(
+        self,
+        workers_env: Mapping[str, str],
+        *,
+        api: str = "auto",
+        latency: float = 0.0,
+        limit_req: tuple[int, int] | None = None,
+    ) -> None:
+        """`latency`: the mock API's seconds per answer. `limit_req`: (rate per second, burst)
+        of an nginx `limit_req ... nodelay` in front of the API, which answers 429 past it."""
         self.workdir = Path(tempfile.mkdtemp(prefix="ratedispatch-bench-"))
         self.redis_server = RedisServer(self.workdir)
         self.nginx = shutil.which("nginx") if api == "auto" else None
@@ -72,6 +82,8 @@ class Stack:
         self.api_log = self.workdir / "calls.log"
         self._api: subprocess.Popen[bytes] | None = None
         self._env = dict(workers_env)
+        self._latency = latency
+        self._limit_req = limit_req
         self.workers: Workers | None = None
         self.client: redis_sync.Redis | None = None
 
@@ -89,18 +101,32 @@ class Stack:
             conf = self.workdir / "nginx.conf"
             # A connection per call in flight, for every worker.
             connections = max(4096, 2 * self._concurrency())
+            zone, answer = "", """return 200 '{"ok": true}';"""
+            if self._limit_req is not None:
+                rate, burst = self._limit_req
+                # One key for every call (all come from 127.0.0.1): an empty key is not limited.
+                zone = f"limit_req_zone $binary_remote_addr zone=api:1m rate={rate}r/s;"
+                # `return` answers before limit_req runs (nginx's rewrite phase comes first):
+                # behind a limit, the answer is a file.
+                (self.workdir / "ok.json").write_text('{"ok": true}')
+                answer = (
+                    f"limit_req zone=api burst={burst} nodelay; limit_req_status 429; "
+                    f"root {self.workdir}; try_files /ok.json =404;"
+                )
             conf.write_text(
                 NGINX_CONF.format(
                     workdir=self.workdir,
                     port=self.api_port,
                     connections=connections,
                     files=2 * connections + 64,
+                    limit_zone=zone,
+                    answer=answer,
                 )
             )
             command = [self.nginx, "-c", str(conf), "-p", str(self.workdir), "-e", "stderr"]
         else:
             command = [sys.executable, "-m", "ratedispatch.devtools.mockapi", "--host", "127.0.0.1",
-                       "--port", str(self.api_port), "--latency", "0", "--quiet",
+                       "--port", str(self.api_port), "--latency", str(self._latency), "--quiet",
                        "--log", str(self.api_log)]  # fmt: skip
         self._api = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         wait_for(lambda: listening(self.api_port), 10, f"the API ({self.api_name})")
