@@ -219,3 +219,17 @@ async def test_a_unit_whose_worker_never_answers_frees_a_window_after_the_calls_
     deadline = settings.http_timeout_seconds + FLIGHT_MARGIN_SECONDS
     # Less a ms: the scripts read Redis's clock in whole ms.
     assert time.monotonic() - taken >= deadline + settings.rate_window_seconds - 0.001
+
+
+async def test_a_dead_workers_unit_stays_busy_when_nobody_took_since(redis: Redis) -> None:
+    settings = make_settings(rate_limit=1, rate_window_seconds=0.5, http_timeout_seconds=0.1)
+    queue = queue_for(settings, redis)
+    await add_tasks(redis, settings, "normal", "normal")
+    await index_all(queue)
+    assert len((await queue.take(1)).grants) == 1  # and its worker dies
+    # Past its deadline (0.35 s), with no take meanwhile: the first take after it finds the
+    # call gone from the flight, and its unit busy until a window after the deadline.
+    await anyio.sleep(FLIGHT_MARGIN_SECONDS + 0.2)  # time passing is the point
+    refused = await queue.take(1)
+    assert refused.status is TakeStatus.FULL
+    assert refused.wait is not None and 0.2 < refused.wait <= 0.5

@@ -50,14 +50,20 @@ local function window_advance(key, term, now, writes)
       end
     end
   else
-    local all, sum = redis.call('HGETALL', key), 0
-    local pattern = '^' .. term.prefix .. '(%-?%d+)$'
-    for i = 1, #all, 2 do
-      local b = tonumber(string.match(all[i], pattern))
+    -- The buckets as they will be once this script's writes are made: what is stored, with
+    -- what the script set or added since it read them.
+    local all, counts = redis.call('HGETALL', key), {}
+    for i = 1, #all, 2 do counts[all[i]] = tonumber(all[i + 1]) or 0 end
+    for name, units in pairs(writes.hset) do counts[name] = tonumber(units) end
+    for name, units in pairs(writes.hincr) do counts[name] = (counts[name] or 0) + units end
+    local sum, pattern = 0, '^' .. term.prefix .. '(%-?%d+)$'
+    for name, count in pairs(counts) do
+      local b = tonumber(string.match(name, pattern))
       if b ~= nil and b < cutoff then
-        writes.hdel[#writes.hdel + 1] = all[i]
+        writes.hdel[#writes.hdel + 1] = name
+        writes.hset[name], writes.hincr[name] = nil, nil
       elseif b ~= nil then
-        sum = sum + (tonumber(all[i + 1]) or 0)
+        sum = sum + count
       end
     end
     term.sum = sum
