@@ -168,8 +168,8 @@ async def test_a_burst_after_a_quiet_spell_keeps_every_window_length_within_the_
     redis: Redis,
 ) -> None:
     """A counter alone would let this through: 2 calls at the end of a window with room, and
-    the next window's 4 right after it, 6 within one window's length. The slot log keeps the
-    late 2 slots busy for a window after their answers."""
+    the next window's 4 right after it, 6 within one window's length. The window term keeps
+    the late 2 calls' units busy for a window after their answers."""
     settings = make_settings(rate_limit=4, rate_window_seconds=0.5)
     seen: list[float] = []
 

@@ -270,3 +270,18 @@ async def test_status_and_metrics_show_every_term(redis: Redis) -> None:
     assert "limits   10/1s burst 2  2/2 busy" in text
     assert "600/1m         2/600 busy, the next frees in 60.0s" in text
     assert "max_in_flight  2/4 in flight" in text
+
+
+async def test_the_units_in_flight_are_counted_afresh_after_an_operators_edit(
+    redis: Redis,
+) -> None:
+    settings = make_settings(limits="4/1s")
+    queue = queue_for(settings, redis)
+    await add_tasks(redis, settings, *["normal"] * 6)
+    await index_all(queue)
+    assert len((await queue.take(4)).grants) == 4  # in flight
+    # The sum of units in flight lost (as if the hash were deleted), and its next check due:
+    # the calls in flight are counted again from the flight itself.
+    await redis.hset(f"{settings.rate_key}:terms", mapping={"flight": 0, "due": 1})
+    assert (await queue.take(2)).status is TakeStatus.FULL
+    assert (await limiter_for(settings, redis).state()).units_in_flight == 4

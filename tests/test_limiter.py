@@ -1,5 +1,5 @@
 """The Lua limit: the fixed-window counter's atomic slots, Redis's clock, repair, 429 closing,
-script reloads; the slot log that keeps every window-length interval within the limit.
+script reloads; the window term that keeps every window-length interval within the limit.
 
 Runs on fakeredis and on a real redis-server (the `redis` fixture)."""
 

@@ -110,25 +110,23 @@ local function limits_answered(L, at, units)
 end
 
 -- Calls past their deadline belong to workers that died: answered, as far as any term can
--- tell, at their deadline.  Looked for only once `due` has passed, so not at every take.
+-- tell, at their deadline.  Looked for only once `due` has passed (about once a deadline), not
+-- at every take; then the units in flight are also counted afresh from the calls there are, so
+-- a sum an operator's edit left wrong (a deleted hash, say) is mended within a deadline.
 local function limits_expire(L)
   if (L.due == nil and L.flight == 0) or (L.due ~= nil and L.due > L.now) then return end
   local expired = flight_expired(L.flight_key, L.now)
   for i = 1, #expired, 2 do
-    local units = flight_cost(expired[i])
-    limits_answered(L, tonumber(expired[i + 1]), units)
-    L.flight = L.flight - units
+    limits_answered(L, tonumber(expired[i + 1]), flight_cost(expired[i]))
   end
   L.expired = #expired / 2
-  local first = redis.call('ZRANGEBYSCORE', L.flight_key, '(' .. L.now, '+inf', 'WITHSCORES',
-                           'LIMIT', 0, 1)
-  if #first == 0 then
-    L.flight = 0  -- nothing in flight, whatever the sum said (an operator's DEL, say)
-    L.due = nil
-  else
-    L.due = tonumber(first[2])
+  local live = redis.call('ZRANGEBYSCORE', L.flight_key, '(' .. L.now, '+inf', 'WITHSCORES')
+  L.flight, L.due = 0, nil
+  for i = 1, #live, 2 do
+    L.flight = L.flight + flight_cost(live[i])
+    L.due = math.min(L.due or math.huge, tonumber(live[i + 1]))
   end
-  L.flight = math.max(L.flight, 0)
+  L.calls = #live / 2
   L.hset['flight'] = L.flight
   L.hset['due'] = L.due or ''
 end
@@ -153,7 +151,7 @@ local function limits_room(L, wanted)
   end
   local calls = math.huge
   if L.cap > 0 then
-    if L.calls == nil then L.calls = redis.call('ZCARD', L.flight_key) - (L.expired or 0) end
+    if L.calls == nil then L.calls = redis.call('ZCARD', L.flight_key) end
     calls = L.cap - L.calls
   end
   return math.max(units, 0), math.max(calls, 0)
@@ -317,7 +315,8 @@ local function limits_record(flight, hash, spec, now, calls)
     if call[2] ~= '' then
       local at = nil
       if call[4] >= 0 then
-        at = now - call[4]
+        -- A ms later than measured (both are whole ms, rounded down), never later than now.
+        at = math.min(now, now - call[4] + 1)
         times[#times + 1] = at
       end
       answers[#answers + 1] = {flight_member(call[1], call[2], call[3]), call[3], at}

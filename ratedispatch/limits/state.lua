@@ -30,6 +30,8 @@ for _, term in ipairs(L.terms) do
     local level, frees = paced_level(term, now), -1
     if level > 0 then
       frees = math.ceil((term.tat - now) - (math.ceil(level - PACED_SLACK) - 1) * term.t)
+    elseif L.flight > 0 then
+      frees = math.ceil(term.t)  -- answered now, a unit drains in T
     end
     rows[#rows + 1] = {math.max(0, math.min(term.b, term.b - term.room)), term.b, frees}
   end

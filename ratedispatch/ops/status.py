@@ -129,7 +129,7 @@ async def _group(
 
 
 def _term_lines(terms: list[TermState]) -> list[str]:
-    """One line a term: `limits   600/1m  412/600 busy, the first frees in 3.2s`."""
+    """One line a term: `limits   600/1m  412/600 busy, the next frees in 3.2s`."""
     width = max((len(t.term) for t in terms), default=0)
     lines = []
     for index, term in enumerate(terms):
