@@ -4,8 +4,6 @@
 -- asking for its take, so a live worker's call is never dropped from here while it runs.)  A
 -- call leaves when it is answered; the calls of a worker that died leave at their deadline, as
 -- if answered then.  MAX_IN_FLIGHT counts the members; every term counts their units as busy.
---
--- include: lua/chunks.lua
 
 -- The member of the call for entry `id` on the take at `stamp`: unique, since an entry is handed
 -- to one worker at a time and a take is later than the one before it.  A cost above 1 is part
@@ -22,16 +20,4 @@ end
 -- The calls whose deadline has passed: {member, deadline, ...}.
 local function flight_expired(flight, now)
   return redis.call('ZRANGEBYSCORE', flight, '-inf', now, 'WITHSCORES')
-end
-
--- Which of `members` are still in flight (a call is answered once, even if its answer is sent
--- twice, and not at all once its deadline has moved it out).
-local function flight_present(flight, members)
-  if #members == 0 then return {} end
-  local present = {}
-  local scores = call_chunked({'ZMSCORE', flight}, members, {})
-  for i, member in ipairs(members) do
-    if scores[i] then present[member] = true end
-  end
-  return present
 end

@@ -255,27 +255,25 @@ local function limits_charge(L, ids, costs, stamp, deadline_ms)
 end
 
 -- Calls were answered: `answers` is {member, units, at} for each (at: nil when no call was made,
--- an invalid entry or one out of attempts).  Each leaves the flight, once, and each call made
--- counts in every term from its answer.
+-- an invalid entry or one out of attempts).  Each leaves the flight, and each call made counts
+-- in every term from its answer.  Usually all are still in the flight, which one ZREM tells.
+-- When some are not (an answer sent twice, a call given up on at its deadline), which ones is
+-- not known: every answer then counts in the terms, one perhaps twice, and the fewest units
+-- leave the flight; both err on the side of the limits, and the next deadline check counts
+-- the flight afresh.
 local function limits_settle(L, answers)
-  local members = {}
-  for i, answer in ipairs(answers) do members[i] = answer[1] end
-  local present
-  if #members == 1 then
-    present = {[members[1]] = redis.call('ZREM', L.flight_key, members[1]) == 1}
-  else
-    present = flight_present(L.flight_key, members)
+  local members, units = {}, {}
+  for i, answer in ipairs(answers) do
+    members[i] = answer[1]
+    units[i] = answer[2]
   end
-  local gone = {}
+  local removed = call_chunked({'ZREM', L.flight_key}, members, {})
+  if removed == 0 then return end
+  if removed < #members then table.sort(units) end
+  for i = 1, removed do L.flight = L.flight - units[i] end
   for _, answer in ipairs(answers) do
-    if present[answer[1]] then
-      gone[#gone + 1] = answer[1]
-      L.flight = L.flight - answer[2]
-      if answer[3] ~= nil then limits_answered(L, answer[3], answer[2]) end
-    end
+    if answer[3] ~= nil then limits_answered(L, answer[3], answer[2]) end
   end
-  if #gone == 0 then return end
-  if #members > 1 then call_chunked({'ZREM', L.flight_key}, gone, {}) end
   L.flight = math.max(L.flight, 0)
   L.hset['flight'] = L.flight
 end

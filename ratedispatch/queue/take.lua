@@ -97,17 +97,19 @@ end
 -- task can lose its place to a lower priority one by being read later.  An unread entry is
 -- taken to cost as much as the costliest of `fresh`.  What is not yet read is in the stream, so
 -- a room above the stream's length (XLEN, constant time) answers it without the group's lag
--- (XINFO GROUPS, which lists every group with a dozen fields).
+-- (XINFO GROUPS, which lists every group with a dozen fields).  The counter is not read: the
+-- first term counts every unit its window started, and more, except after a 429 closed it,
+-- which the take then finds, indexing `fresh`.
 local function all_fit(costs)
-  local units, calls = limits_room(limits(), math.huge)
   local used, each = 0, 1
   for _, cost in ipairs(costs) do
     used = used + cost
     each = math.max(each, cost)
   end
-  local room = math.min(math.floor((math.min(units, limits_counter_room(L)) - used) / each),
-                        calls - #costs)
-  if room >= redis.call('XLEN', stream) then return true end
+  local unread = redis.call('XLEN', stream)
+  local units, calls = limits_room(limits(), used + unread * each)
+  local room = math.min(math.floor((units - used) / each), calls - #costs)
+  if room >= unread then return true end
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     local fields = {}
     for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
