@@ -35,3 +35,21 @@ def test_the_benchmark_suite_runs_and_writes_its_table_and_picture(tmp_path: Pat
     assert "`aiohttp`: bare loop" in results and "`httpx`: bare loop" in results
     picture = (tmp_path / "quota.png").read_bytes()
     assert picture.startswith(b"\x89PNG\r\n\x1a\n") and len(picture) > 10_000
+
+
+def test_the_limit_terms_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.terms", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [
+        line.split(" | ")
+        for line in (tmp_path / "terms.md").read_text().splitlines()
+        if re.match(r"\| (?!figure|---)", line)
+    ]
+    names = " ".join(row[0] for row in rows)
+    for expected in ("two terms", "paced", "plain", "MAX_IN_FLIGHT", "three terms"):
+        assert expected in names, (expected, names)
+    for row in rows:  # every figure was measured
+        assert re.fullmatch(r"[\d,]+(\.\d+)?( of [\d,]+)? \|", row[2]), row
