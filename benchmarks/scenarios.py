@@ -64,9 +64,10 @@ def throughput(
     workers: int = 2,
     concurrency: int = 8,
     limits: str | None = None,
+    code: str | None = None,
 ) -> dict[str, float]:
     """Tasks/s with no effective limit (one term, or `limits` far above the load); Redis
-    commands and worker CPU per task."""
+    commands and worker CPU per task. `code`: a checkout whose workers to run instead."""
     n = sizes.throughput_tasks
     env = {
         "RATEDISPATCH_RATE_LIMIT": NO_LIMIT, "RATEDISPATCH_RATE_WINDOW_SECONDS": "1",
@@ -76,6 +77,8 @@ def throughput(
     if limits is not None:
         del env["RATEDISPATCH_RATE_LIMIT"], env["RATEDISPATCH_RATE_WINDOW_SECONDS"]
         env["RATEDISPATCH_LIMITS"] = limits
+    if code is not None:
+        env["PYTHONPATH"] = code
     with Stack(env) as stack:
         pids = stack.start_workers(workers)
         cpu_before = sum(cpu_seconds(pid) for pid in pids)

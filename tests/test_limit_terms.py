@@ -282,7 +282,7 @@ async def test_the_units_in_flight_are_counted_afresh_after_an_operators_edit(
     assert len((await queue.take(4)).grants) == 4  # in flight
     # The sum of units in flight lost (as if the hash were deleted), and its next check due:
     # the calls in flight are counted again from the flight itself.
-    await redis.hset(f"{settings.rate_key}:terms", mapping={"flight": 0, "due": 1})
+    await redis.hset(f"{settings.rate_key}:terms", "calls", "0:1:0")  # units:due:ttl_at
     assert (await queue.take(2)).status is TakeStatus.FULL
     assert (await limiter_for(settings, redis).state()).units_in_flight == 4
 

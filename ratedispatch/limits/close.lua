@@ -21,7 +21,7 @@ for _, term in ipairs(L.terms) do
     ms = math.max(cooldown_ms, redis.call('PTTL', rate))
     redis.call('SET', rate, math.max(counter_used(rate, term.n), term.n), 'PX', ms)
   elseif term.kind == 'p' then
-    paced_close(term, now + cooldown_ms, L)
+    paced_close(term, now + cooldown_ms)
   end
 end
 L.refresh = true

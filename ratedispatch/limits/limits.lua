@@ -6,9 +6,11 @@
 -- Redis at the end, in a few commands (limits_flush).
 --
 -- The terms come as text, `w,N,D_ms` or `p,N,D_ms,B` each, joined by `;` (ratedispatch/terms.py).
--- Their state is one hash at RATE_KEY:terms, in fields named for each term: a window term's by
--- its D (a new N goes on counting the calls already made), a paced term's by N/D.  Its field
--- `flight` sums the units in flight; `due` is no later than the first in-flight deadline.
+-- Their state is one hash at RATE_KEY:terms, a field for each term: a window term's named by its
+-- D, `w<D>` (a new N goes on counting the calls already made), with its buckets beside it; a
+-- paced term's by N/D, `p<N>/<D>`.  Field `calls` is `<units in flight>:<due>:<ttl_at>`: due is
+-- no later than the first in-flight deadline.  A few fields each, packed: a script pays for
+-- every field it reads or writes.
 --
 -- include: lua/chunks.lua
 -- include: limits/counter.lua
@@ -29,13 +31,14 @@ local function limits_terms(spec)
     local term = {kind = kind, n = tonumber(n), d = tonumber(d)}
     if kind == 'w' then
       term.w = math.ceil(term.d / WINDOW_BUCKETS)
-      term.prefix = 'w' .. d .. ':'
+      term.field = 'w' .. d
+      term.prefix = term.field .. ':'
       term.counter = counter  -- the first N/D term keeps the fixed-window counter at RATE_KEY
       counter = false
     else
       term.b = tonumber(b)
       term.t = term.d / term.n
-      term.prefix = 'p' .. n .. '/' .. d .. ':'
+      term.field = 'p' .. n .. '/' .. d
     end
     terms[#terms + 1] = term
   end
@@ -47,15 +50,8 @@ end
 local function limits_open(rate, flight, hash, spec, cap, now, answered_at)
   local L = {rate = rate, flight_key = flight, hash = hash, cap = cap, now = now,
              terms = limits_terms(spec), known = {}, hset = {}, hincr = {}, hdel = {}}
-  local fields = {'flight', 'due', 'ttl_at'}
-  for _, term in ipairs(L.terms) do
-    if term.kind == 'w' then
-      fields[#fields + 1] = term.prefix .. 'lo'
-      fields[#fields + 1] = term.prefix .. 'sum'
-    else
-      fields[#fields + 1] = term.prefix .. 'tat'
-    end
-  end
+  local fields = {'calls'}
+  for _, term in ipairs(L.terms) do fields[#fields + 1] = term.field end
   local seen = {}
   for _, term in ipairs(L.terms) do
     for _, at in ipairs(term.kind == 'w' and answered_at or {}) do
@@ -67,22 +63,24 @@ local function limits_open(rate, flight, hash, spec, cap, now, answered_at)
     end
   end
   local values = redis.call('HMGET', hash, unpack(fields))
-  for i, field in ipairs(fields) do L.known[field] = tonumber(values[i]) or 0 end
-  L.flight = math.max(L.known['flight'], 0)
-  L.due = tonumber(values[2])
+  for i = 2 + #L.terms, #fields do L.known[fields[i]] = tonumber(values[i]) or 0 end
+  local units, due, ttl_at = string.match(values[1] or '', '^([^:]*):([^:]*):([^:]*)$')
+  L.flight = math.max(tonumber(units) or 0, 0)
+  L.due = tonumber(due)
+  L.ttl_at = tonumber(ttl_at) or 0
   -- Refresh the hash's TTL now and then, not at every write: it only has to outlive an idle spell.
-  if L.now >= L.known['ttl_at'] then
+  if L.now >= L.ttl_at then
     L.refresh = true
-    L.hset['ttl_at'] = L.now + LIMITS_IDLE_MS / 2
+    L.ttl_at = L.now + LIMITS_IDLE_MS / 2
+    L.calls_dirty = true
   end
-  local i = 4
-  for _, term in ipairs(L.terms) do
+  for i, term in ipairs(L.terms) do
+    local value = values[i + 1] or ''
     if term.kind == 'w' then
-      term.lo, term.sum = tonumber(values[i]), math.max(tonumber(values[i + 1]) or 0, 0)
-      i = i + 2
+      local lo, sum = string.match(value, '^(%-?%d+):(%-?%d+)$')
+      term.lo, term.sum = tonumber(lo), math.max(tonumber(sum) or 0, 0)
     else
-      term.tat = tonumber(values[i]) or 0
-      i = i + 1
+      term.tat = tonumber(value) or 0
     end
   end
   return L
@@ -93,7 +91,7 @@ end
 local function limits_answered(L, at, units)
   for _, term in ipairs(L.terms) do
     if term.kind == 'p' then
-      paced_answered(term, at, units, L)
+      paced_answered(term, at, units)
     else
       local name = window_field(term, at, L.now)
       if name ~= nil then
@@ -103,7 +101,7 @@ local function limits_answered(L, at, units)
           L.hincr[name] = (L.hincr[name] or 0) + units
         end
         term.sum = term.sum + units
-        L.hset[term.prefix .. 'sum'] = term.sum
+        term.dirty = true
       end
     end
   end
@@ -127,8 +125,7 @@ local function limits_expire(L)
     L.due = math.min(L.due or math.huge, tonumber(live[i + 1]))
   end
   L.calls = #live / 2
-  L.hset['flight'] = L.flight
-  L.hset['due'] = L.due or ''
+  L.calls_dirty = true
 end
 
 -- The room of each term for a take that could use `wanted` units (math.huge: all of it): whole
@@ -247,11 +244,8 @@ local function limits_charge(L, ids, costs, stamp, deadline_ms)
   end
   call_chunked({'ZADD', L.flight_key}, scored, {}, 2)
   L.flight = L.flight + units
-  L.hset['flight'] = L.flight
-  if L.due == nil or L.due > deadline then
-    L.due = deadline
-    L.hset['due'] = deadline
-  end
+  L.calls_dirty = true
+  if L.due == nil or L.due > deadline then L.due = deadline end
 end
 
 -- Calls were answered: `answers` is {member, units, at} for each (at: nil when no call was made,
@@ -275,21 +269,27 @@ local function limits_settle(L, answers)
     if answer[3] ~= nil then limits_answered(L, answer[3], answer[2]) end
   end
   L.flight = math.max(L.flight, 0)
-  L.hset['flight'] = L.flight
+  L.calls_dirty = true
 end
 
 -- Write what the script changed: one HSET, an HINCRBY for a bucket not read, one HDEL.
 local function limits_flush(L)
+  if L.calls_dirty then
+    L.hset['calls'] = string.format('%d:%s:%d', L.flight, L.due or '', L.ttl_at)
+  end
+  for _, term in ipairs(L.terms) do
+    if term.dirty and term.kind == 'w' then
+      L.hset[term.field] = string.format('%d:%d', term.lo or 0, term.sum)
+    elseif term.dirty then
+      L.hset[term.field] = string.format('%.4f', term.tat)
+    end
+  end
   local pairs_list = {}
   for field, value in pairs(L.hset) do
-    if type(value) == 'number' and value ~= math.floor(value) then
-      value = string.format('%.4f', value)
-    end
     pairs_list[#pairs_list + 1] = field
     pairs_list[#pairs_list + 1] = value
   end
   if (L.expired or 0) > 0 then redis.call('ZREMRANGEBYSCORE', L.flight_key, '-inf', L.now) end
-  if #pairs_list == 0 and next(L.hincr) == nil and #L.hdel == 0 then return end
   if #L.hdel > 0 then call_chunked({'HDEL', L.hash}, L.hdel, {}) end
   if #pairs_list > 0 then call_chunked({'HSET', L.hash}, pairs_list, {}, 2) end
   for field, units in pairs(L.hincr) do redis.call('HINCRBY', L.hash, field, units) end

@@ -2,7 +2,7 @@
 -- It drains one unit every T = D/N ms and must never hold more than B.  Judged at the API: a
 -- call sits in the bucket undrained from its take until its answer, since the API may see it at
 -- any moment in between (a cold connection, a slow host), and drains from its answer on.  The
--- answered units are kept as a theoretical arrival time at `<prefix>tat` (Redis ms): their level
+-- answered units are kept as a theoretical arrival time in field `p<N>/<D>` (Redis ms): their level
 -- at t is max(0, tat - t) / T.  So what the API's bucket holds is never above this level plus
 -- the units in flight, which the term keeps within B.
 
@@ -27,13 +27,13 @@ end
 
 -- A call of `units` was answered at `at` (or given up on at its deadline): it drains from then.
 -- Answers recorded out of order only ever leave tat later, so never loosen the term.
-local function paced_answered(term, at, units, writes)
+local function paced_answered(term, at, units)
   term.tat = math.max(term.tat, at) + units * term.t
-  writes.hset[term.prefix .. 'tat'] = string.format('%.4f', term.tat)
+  term.dirty = true
 end
 
 -- After a 429: no unit before `until_ms`, and then one at a time, at the term's pace.
-local function paced_close(term, until_ms, writes)
+local function paced_close(term, until_ms)
   term.tat = math.max(term.tat, until_ms + (term.b - 1) * term.t)
-  writes.hset[term.prefix .. 'tat'] = string.format('%.4f', term.tat)
+  term.dirty = true
 end

@@ -5,10 +5,10 @@
 -- together at that interval's end: never more than N (docs/design.md, "Judged at the API").
 --
 -- Answered units are counted in time buckets of w = D / WINDOW_BUCKETS ms, in the limits hash:
--- field `<prefix><b>` holds bucket b's units, `<prefix>sum` the units of the buckets still
--- counted, `<prefix>lo` the first of those.  So the memory stays bounded whatever N, and each
--- take reads a few fields; the price is that a unit stays busy until its bucket ends, at most w
--- (a thousandth of D) longer than an exact log would keep it.
+-- field `w<D>:<b>` holds bucket b's units, and field `w<D>` is `<lo>:<sum>`, the first bucket
+-- still counted and the units of those still counted.  So the memory stays bounded whatever N,
+-- and each take reads one field a term; the price is that a unit stays busy until its bucket
+-- ends, at most w (a thousandth of D) longer than an exact log would keep it.
 
 local WINDOW_BUCKETS = 1000
 -- The most bucket fields one HMGET reads (dropping or walking buckets); past that many since the
@@ -70,8 +70,7 @@ local function window_advance(key, term, now, writes)
   end
   term.sum = math.max(term.sum, 0)
   term.lo = cutoff
-  writes.hset[term.prefix .. 'lo'] = cutoff
-  writes.hset[term.prefix .. 'sum'] = term.sum
+  term.dirty = true
 end
 
 -- The bucket field in which a call answered at `at` is counted; nil when it no longer counts.
