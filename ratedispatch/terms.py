@@ -101,7 +101,16 @@ class Limits:
             raise ValueError("expected at least one term, e.g. 100/1m or 10/1s burst 3, 600/1m")
         if not all(parts):
             raise ValueError(f"an empty term in {text!r}: terms are separated by one comma")
-        return cls(tuple(Term.parse(part) for part in parts))
+        terms = tuple(Term.parse(part) for part in parts)
+        windows = [term for term in terms if not term.paced]
+        for index, term in enumerate(windows):
+            for other in windows[:index]:
+                if other.duration_ms == term.duration_ms:
+                    raise ValueError(
+                        f"the terms {str(other)!r} and {str(term)!r} have the same duration: "
+                        "keep the smaller"
+                    )
+        return cls(terms)
 
     @classmethod
     def window(cls, count: int, seconds: float) -> Limits:

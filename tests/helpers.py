@@ -14,8 +14,8 @@ from ratedispatch import Dispatcher, Settings, build_entry, enqueue
 from ratedispatch.guard import RedisGuard
 from ratedispatch.keys import Keys
 from ratedispatch.limits.limiter import Limiter, TermState, Window
-from ratedispatch.queue import Consumers, Queue, read_stream
-from ratedispatch.task import Priority, parse_entry
+from ratedispatch.queue import Consumers, Entry, Queue, read_stream
+from ratedispatch.task import Priority, Task, parse_entry
 
 from .conftest import read_block_ms
 
@@ -104,6 +104,13 @@ async def add_tasks(
     return ids
 
 
+async def fresh_read(queue: Queue, count: int) -> list[tuple[Entry, Task]]:
+    """Read like a worker's reader: new entries, with their priority."""
+    return [
+        (e, parse_entry(e.id, e.fields)) for e in await queue.read_new(count, 0)
+    ]  # fmt: skip
+
+
 async def index_all(queue: Queue) -> int:
     """Read everything new and put it in the priority index, as a worker's reader does."""
     while entries := await queue.read_new(1000, 0):
@@ -120,6 +127,7 @@ __all__ = [
     "dispatcher_for",
     "eventually",
     "fields_of",
+    "fresh_read",
     "index_all",
     "limiter_for",
     "queue_for",

@@ -28,6 +28,7 @@ from .helpers import (
     counter_of,
     eventually,
     fields_of,
+    fresh_read,
     index_all,
     limiter_for,
     queue_for,
@@ -84,9 +85,10 @@ async def test_a_paced_term_gives_its_burst_then_one_call_every_d_over_n(redis: 
     assert len(first.grants) == 2
     await queue.ack_many(answered(first.grants))
     refused = await queue.take(10)
-    # Its next emission: one unit drains every 100 ms. A sleep until then, not a poll.
+    # Its next emission: one unit drains every 100 ms. A sleep until then, not a poll (and a
+    # ms more: an answer counts from a ms after it was measured, both in whole ms).
     assert refused.status is TakeStatus.FULL
-    assert refused.wait is not None and 0.09 < refused.wait <= 0.1
+    assert refused.wait is not None and 0.09 < refused.wait <= 0.102
     await anyio.sleep(refused.wait)
     assert len((await queue.take(10)).grants) == 1
     assert not await redis.exists(settings.rate_key)  # no N/D term: no counter
@@ -305,3 +307,36 @@ async def test_an_answer_whose_call_left_the_flight_never_loosens_a_term(redis: 
     # Sent again (its reply lost): nothing left in the flight, nothing counted again.
     await queue.ack_many(answered(on_time))
     assert (await limiter.state()).terms[0].used == 3
+
+
+async def test_a_short_429_does_not_close_the_fleet_for_a_long_window(redis: Redis) -> None:
+    settings = make_settings(limits="5/1m")  # the counter's window lasts a minute
+    queue = queue_for(settings, redis)
+    await add_tasks(redis, settings, *["normal"] * 3)
+    await index_all(queue)
+    assert len((await queue.take(1)).grants) == 1
+    assert await limiter_for(settings, redis).close_for(0.3) == 0.3
+    refused = await queue.take(1)
+    assert refused.status is TakeStatus.FULL
+    assert refused.wait is not None and 0.25 < refused.wait <= 0.3
+    await anyio.sleep(refused.wait)  # as a refused worker does
+    assert len((await queue.take(1)).grants) == 1
+
+
+async def test_a_costly_task_read_later_is_not_passed_over_once_its_cost_was_met(
+    redis: Redis,
+) -> None:
+    settings = make_settings(limits="20/1m")
+    queue = queue_for(settings, redis)
+    await add_costly(redis, settings.stream, ("normal", 10))
+    first = await queue.take(1, await fresh_read(queue, 1), drained=True)
+    assert [g.cost for g in first.grants] == [10]  # 10 of 20 left, and a cost of 10 was met
+    low, high = await add_costly(redis, settings.stream, ("low", 1), ("high", 10))
+    # The reader read only the cheap low task: the costly high one, unread, may cost as much
+    # as the costliest met, which would not fit beside it: so nothing is called before it.
+    kept = await fresh_read(queue, 1)
+    assert [entry.id for entry, _ in kept] == [low]
+    read = await queue.take(1, kept, keep=True)
+    assert read.status is TakeStatus.READ_ON and not read.grants
+    take = await queue.take(2, kept + await fresh_read(queue, 2), drained=True)
+    assert [g.entry.id for g in take.grants] == [high]

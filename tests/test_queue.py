@@ -11,11 +11,18 @@ import pytest
 from redis.asyncio import Redis
 
 from ratedispatch.guard import RedisGuard
-from ratedispatch.queue import Entry, Queue, Success, TakeStatus, read_stream
-from ratedispatch.task import Task, parse_entry
+from ratedispatch.queue import Queue, Success, TakeStatus, read_stream
 
 from .conftest import make_settings
-from .helpers import add_tasks, consumers_for, counter_of, index_all, limiter_for, queue_for
+from .helpers import (
+    add_tasks,
+    consumers_for,
+    counter_of,
+    fresh_read,
+    index_all,
+    limiter_for,
+    queue_for,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -55,7 +62,6 @@ async def test_two_workers_never_take_the_same_entry(redis: Redis) -> None:
     taken: list[str] = []
 
     async def drain(queue: object) -> None:
-        from ratedispatch.queue import Queue
 
         assert isinstance(queue, Queue)
         while (take := await queue.take(3)).status is TakeStatus.GRANTED:
@@ -132,13 +138,6 @@ async def test_settling_an_entry_that_is_no_longer_ours_does_nothing(redis: Redi
         [Success(grant.entry.id, 200, 5, 1, grant.stamp)]
     ) == [True]
     assert await redis.xlen("results") == 1
-
-
-async def fresh_read(queue: Queue, count: int) -> list[tuple[Entry, Task]]:
-    """Read like a worker's reader: new entries, with their priority."""
-    return [
-        (e, parse_entry(e.id, e.fields)) for e in await queue.read_new(count, 0)
-    ]  # fmt: skip
 
 
 async def test_when_nothing_waits_a_drained_read_gets_its_slots_in_the_same_step(

@@ -46,6 +46,7 @@ def test_terms_are_shown_in_their_largest_unit() -> None:
         ("100/1m,", "an empty term"),
         ("", "at least one term"),
         ("1.5/1s", "'1.5' is not a whole number"),
+        ("100/1m, 50/60s", "'100/1m' and '50/1m' have the same duration: keep the smaller"),
     ],
 )
 def test_a_bad_term_is_refused_naming_it(text: str, message: str) -> None:

@@ -8,8 +8,10 @@
 -- The terms come as text, `w,N,D_ms` or `p,N,D_ms,B` each, joined by `;` (ratedispatch/terms.py).
 -- Their state is one hash at RATE_KEY:terms, a field for each term: a window term's named by its
 -- D, `w<D>` (a new N goes on counting the calls already made), with its buckets beside it; a
--- paced term's by N/D, `p<N>/<D>`.  Field `calls` is `<units in flight>:<due>:<ttl_at>`: due is
--- no later than the first in-flight deadline.  A few fields each, packed: a script pays for
+-- paced term's by N/D, `p<N>/<D>`.  Field `calls` is
+-- `<units in flight>:<due>:<ttl_at>:<closed until>:<costliest>`: due is no later than the first
+-- in-flight deadline; closed until, after a 429, when any call may start again; costliest, the
+-- largest cost a take has met.  A few fields each, packed: a script pays for
 -- every field it reads or writes.
 --
 -- include: lua/chunks.lua
@@ -64,10 +66,13 @@ local function limits_open(rate, flight, hash, spec, cap, now, answered_at)
   end
   local values = redis.call('HMGET', hash, unpack(fields))
   for i = 2 + #L.terms, #fields do L.known[fields[i]] = tonumber(values[i]) or 0 end
-  local units, due, ttl_at = string.match(values[1] or '', '^([^:]*):([^:]*):([^:]*)$')
-  L.flight = math.max(tonumber(units) or 0, 0)
-  L.due = tonumber(due)
-  L.ttl_at = tonumber(ttl_at) or 0
+  local calls = {}
+  for part in string.gmatch((values[1] or '') .. ':', '([^:]*):') do calls[#calls + 1] = part end
+  L.flight = math.max(tonumber(calls[1]) or 0, 0)
+  L.due = tonumber(calls[2])
+  L.ttl_at = tonumber(calls[3]) or 0
+  L.closed = tonumber(calls[4]) or 0
+  L.costliest = tonumber(calls[5]) or 1
   -- Refresh the hash's TTL now and then, not at every write: it only has to outlive an idle spell.
   if L.now >= L.ttl_at then
     L.refresh = true
@@ -146,6 +151,7 @@ local function limits_room(L, wanted)
     end
     units = math.min(units, term.room)
   end
+  if L.closed > L.now then units = 0 end  -- a 429's cooldown
   local calls = math.huge
   if L.cap > 0 then
     if L.calls == nil then L.calls = redis.call('ZCARD', L.flight_key) end
@@ -230,6 +236,7 @@ local function limits_wait(L, need)
     end
   end
   if calls < 1 then wait = math.max(wait, FLIGHT_POLL_MS) end
+  if L.closed > L.now then wait = math.max(wait, L.closed - L.now) end
   return wait
 end
 
@@ -275,7 +282,8 @@ end
 -- Write what the script changed: one HSET, an HINCRBY for a bucket not read, one HDEL.
 local function limits_flush(L)
   if L.calls_dirty then
-    L.hset['calls'] = string.format('%d:%s:%d', L.flight, L.due or '', L.ttl_at)
+    L.hset['calls'] = string.format('%d:%s:%d:%d:%d', L.flight, L.due or '', L.ttl_at, L.closed,
+                                    L.costliest)
   end
   for _, term in ipairs(L.terms) do
     if term.dirty and term.kind == 'w' then
@@ -294,7 +302,7 @@ local function limits_flush(L)
   if #pairs_list > 0 then call_chunked({'HSET', L.hash}, pairs_list, {}, 2) end
   for field, units in pairs(L.hincr) do redis.call('HINCRBY', L.hash, field, units) end
   if L.refresh then
-    local longest, ahead = 0, 0
+    local longest, ahead = 0, math.max(0, L.closed - L.now)
     for _, term in ipairs(L.terms) do
       longest = math.max(longest, term.d)
       if term.kind == 'p' then ahead = math.max(ahead, term.tat - L.now) end
@@ -313,8 +321,8 @@ local function limits_record(flight, hash, spec, now, calls)
     if call[2] ~= '' then
       local at = nil
       if call[4] >= 0 then
-        -- A ms later than measured (both are whole ms, rounded down), never later than now.
-        at = math.min(now, now - call[4] + 1)
+        -- A ms later than measured: both are whole ms, rounded down.
+        at = now - call[4] + 1
         times[#times + 1] = at
       end
       answers[#answers + 1] = {flight_member(call[1], call[2], call[3]), call[3], at}

@@ -95,19 +95,17 @@ end
 
 -- Would every entry not yet read fit in the room of every term along with `fresh`?  Then no
 -- task can lose its place to a lower priority one by being read later.  An unread entry is
--- taken to cost as much as the costliest of `fresh`.  What is not yet read is in the stream, so
--- a room above the stream's length (XLEN, constant time) answers it without the group's lag
--- (XINFO GROUPS, which lists every group with a dozen fields).  The counter is not read: the
--- first term counts every unit its window started, and more, except after a 429 closed it,
--- which the take then finds, indexing `fresh`.
+-- taken to cost as much as the costliest task a take has met (it is not known before it is
+-- read: a costlier one than ever before can still be passed over, once).  What is not yet read
+-- is in the stream, so a room above the stream's length (XLEN, constant time) answers it
+-- without the group's lag (XINFO GROUPS, which lists every group with a dozen fields).  The
+-- counter is not read: the first term counts every unit its window started, and more, except
+-- after an operator's edit, which the take then finds, indexing `fresh`.
 local function all_fit(costs)
-  local used, each = 0, 1
-  for _, cost in ipairs(costs) do
-    used = used + cost
-    each = math.max(each, cost)
-  end
+  local used, each = 0, limits().costliest
+  for _, cost in ipairs(costs) do used = used + cost end
   local unread = redis.call('XLEN', stream)
-  local units, calls = limits_room(limits(), used + unread * each)
+  local units, calls = limits_room(L, used + unread * each)
   local room = math.min(math.floor((units - used) / each), calls - #costs)
   if room >= unread then return true end
   for _, info in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
@@ -122,6 +120,15 @@ local function all_fit(costs)
 end
 
 local fresh_costs, fresh_wanted = costs_of(fresh, want)
+local fresh_costliest = 1
+for _, cost in ipairs(fresh_costs) do fresh_costliest = math.max(fresh_costliest, cost) end
+if fresh_costliest > 1 then
+  local lim = limits()
+  if fresh_costliest > lim.costliest then
+    lim.costliest = fresh_costliest
+    lim.calls_dirty = true
+  end
+end
 if #fresh > 0 and redis.call('EXISTS', index, retry) == 0 and (drained or all_fit(fresh_costs))
 then
   local granted = 0
