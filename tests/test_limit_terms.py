@@ -340,3 +340,21 @@ async def test_a_costly_task_read_later_is_not_passed_over_once_its_cost_was_met
     assert read.status is TakeStatus.READ_ON and not read.grants
     take = await queue.take(2, kept + await fresh_read(queue, 2), drained=True)
     assert [g.entry.id for g in take.grants] == [high]
+
+
+async def test_a_task_not_called_after_all_goes_back_without_spending_an_attempt(
+    redis: Redis,
+) -> None:
+    """A take that comes back after HTTP_TIMEOUT_SECONDS (a stalled worker) is not called."""
+    settings = make_settings()
+    queue = queue_for(settings, redis)
+    await add_tasks(redis, settings, "normal")
+    await index_all(queue)
+    [grant] = (await queue.take(1)).grants
+    assert grant.attempt == 1
+    assert await queue.retry_later(
+        grant.entry.id, grant.member, 0, stamp=grant.stamp, answered=None
+    )
+    [again] = (await queue.take(1)).grants
+    assert again.entry.id == grant.entry.id and again.attempt == 1
+    assert (await limiter_for(settings, redis).state()).terms[0].used == 1  # the one in flight

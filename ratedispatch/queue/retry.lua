@@ -16,7 +16,7 @@
 -- ARGV[6] delay_ms: the backoff
 -- ARGV[7] stamp: of the take that started its call
 -- ARGV[8] cost: the units its call counts against each term
--- ARGV[9] answered_ago_ms: how long ago the call was answered
+-- ARGV[9] answered_ago_ms: how long ago the call was answered (-1: no call was made)
 -- ARGV[10] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 --
@@ -33,7 +33,13 @@ if not held then
   return 0
 end
 -- JUSTID keeps the delivery count, which is the attempts made; the waiting consumer's entries
--- are never taken for abandoned, and hold none of this worker's capacity.
-redis.call('XCLAIM', stream, group, waiting, 0, id, 'JUSTID')
+-- are never taken for abandoned, and hold none of this worker's capacity.  When no call was made
+-- after all (its take came back too late for one), the attempt its take counted is given back.
+if tonumber(answered_ago_ms) < 0 then
+  redis.call('XCLAIM', stream, group, waiting, 0, id, 'JUSTID', 'RETRYCOUNT',
+             math.max(tonumber(held) - 1, 0))
+else
+  redis.call('XCLAIM', stream, group, waiting, 0, id, 'JUSTID')
+end
 redis.call('ZADD', retry, now + delay_ms, member)
 return 1

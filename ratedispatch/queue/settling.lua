@@ -6,11 +6,11 @@
 
 -- The call for entry `id` started at `stamp` (costing `cost`) leaves the flight and counts in
 -- every limit term from its answer, or from nowhere when none was made (limits_record), whoever
--- holds the entry now: the API saw the call either way.  Returns the time, and whether this
--- consumer (`me`) still holds the entry: a worker that lost it (reclaimed during a long Redis
--- outage) must not move it.
+-- holds the entry now: the API saw the call either way.  Returns the time, and the entry's
+-- delivery count if this consumer (`me`) still holds it, else nil: a worker that lost it
+-- (reclaimed during a long Redis outage) must not move it.
 local function settle_call(stream, group, me, id, flight, terms, spec, stamp, cost, ago_ms)
   local now = now_ms()
   limits_record(flight, terms, spec, now, {{id, stamp, tonumber(cost), tonumber(ago_ms)}})
-  return now, held_by(stream, group, me, id, id, 1)[id] ~= nil
+  return now, held_by(stream, group, me, id, id, 1)[id]
 end
