@@ -54,7 +54,8 @@ def limited(limit: int, window: float) -> dict[str, str]:
     }
 
 
-def _span(calls: Sequence[Call]) -> float:
+def span(calls: Sequence[Call]) -> float:
+    """Seconds from the first call the API saw to the last."""
     return calls[-1].at - calls[0].at if len(calls) > 1 else float("nan")
 
 
@@ -89,7 +90,7 @@ def throughput(
         commands = stack.commands() - n  # the producer's XADDs are not the workers' cost
         calls = stack.stop_api()
     return {
-        "tasks_per_s": len(calls) / _span(calls),
+        "tasks_per_s": len(calls) / span(calls),
         "commands_per_task": commands / n,
         "cpu_ms_per_task": cpu * 1000 / n,
         "calls": len(calls),
@@ -109,7 +110,7 @@ def bare(
         if any(run.wait(60 + n / 100) for run in runs):
             raise RuntimeError("the bare client loop failed")
         calls = stack.stop_api()
-    return {"tasks_per_s": len(calls) / _span(calls)}
+    return {"tasks_per_s": len(calls) / span(calls)}
 
 
 def quota(sizes: Sizes, workers: int = 4) -> tuple[dict[str, float], list[Call]]:
@@ -137,7 +138,7 @@ def quota(sizes: Sizes, workers: int = 4) -> tuple[dict[str, float], list[Call]]
     return {
         "max_in_window_per_limit": busiest / limit,
         "busiest": busiest,
-        "time_per_ideal": _span(calls) / ideal,
+        "time_per_ideal": span(calls) / ideal,
         "calls": len(calls),
         "spread_ms": 1000 * median(spreads) if spreads else float("nan"),
         "first_spread_ms": 1000 * spreads[0] if spreads else float("nan"),

@@ -25,7 +25,7 @@ from statistics import median
 from ratedispatch.devtools.audit import Call, busiest, fullest_bucket
 from ratedispatch.terms import Limits
 
-from .scenarios import Sizes, throughput
+from .scenarios import Sizes, span, throughput
 from .stack import RESULTS, Stack
 
 HERE = Path(__file__).parent
@@ -70,10 +70,6 @@ def ideal_span(n: int, limits: Limits) -> float:
     return times[-1] - times[0]
 
 
-def _span(calls: list[Call]) -> float:
-    return calls[-1].at - calls[0].at
-
-
 def backlog(
     limits: str, tasks: int, *, workers: int = 4, cap: float | None = None, **stack: object
 ) -> list[Call]:
@@ -102,7 +98,7 @@ def two_terms(sizes: TermSizes) -> dict[str, float]:
     figures: dict[str, float] = {"calls": len(calls)}
     for term in limits.terms:
         figures[f"busiest {term}"] = busiest([c.at for c in calls], term.duration_ms / 1000)
-    figures["time_per_ideal"] = _span(calls) / ideal_span(sizes.two_terms_tasks, limits)
+    figures["time_per_ideal"] = span(calls) / ideal_span(sizes.two_terms_tasks, limits)
     return figures
 
 
@@ -118,9 +114,9 @@ def paced(sizes: TermSizes, limits: str, cap: float | None = None) -> dict[str, 
         "calls": len(calls),
         "ok": len(ok),
         "rejected": sum(1 for c in calls if c.status == 429),
-        "ok_per_s": len(ok) / _span(calls),
+        "ok_per_s": len(ok) / span(calls),
         "fullest_bucket": fullest_bucket([c.at for c in ok], term.count),
-        "time_per_ideal": _span(ok) / ideal_span(len(ok), api_limit),
+        "time_per_ideal": span(ok) / ideal_span(len(ok), api_limit),
     }
 
 
@@ -140,7 +136,7 @@ def in_flight(sizes: TermSizes, cap: int = 8, latency: float = 0.1) -> dict[str,
     return {
         "calls": len(calls),
         "most_at_once": busiest([c.at for c in calls], latency),
-        "time_per_ideal": (_span(calls) + latency) / (n * latency / cap),
+        "time_per_ideal": (span(calls) + latency) / (n * latency / cap),
     }
 
 

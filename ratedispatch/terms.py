@@ -6,10 +6,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# A term is judged in a thousand time buckets of its duration (limits/window_log.lua): its
-# memory stays bounded whatever N, and a unit answered late in a bucket frees at most a
-# thousandth of D later than an exact log would free it.
-WINDOW_BUCKETS = 1000
 UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 MAX_DURATION_MS = 366 * UNITS["d"]
 MAX_COUNT = 1_000_000_000

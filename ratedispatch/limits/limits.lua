@@ -160,18 +160,6 @@ local function limits_room(L, wanted)
   return math.max(units, 0), math.max(calls, 0)
 end
 
--- The counter's room, read (not charged): for a take that must know it before it charges.
-local function limits_counter_room(L)
-  for _, term in ipairs(L.terms) do
-    if term.counter then
-      local used, garbage = counter_used(L.rate, term.n)
-      term.used, term.garbage = used, garbage
-      return term.n - used
-    end
-  end
-  return math.huge
-end
-
 -- How many of `costs` (in order) fit in `units` and `calls`, at most `most`: the best tasks go
 -- first, so a task that does not fit is not passed over for cheaper ones behind it.
 local function limits_fit(costs, most, units, calls)
@@ -191,18 +179,14 @@ local function limits_count(L, costs, k)
       local units = 0
       for i = 1, k do units = units + costs[i] end
       local used = counter_charge(L.rate, term.n, term.d, units)
-      local took, sum = 0, 0
-      if used ~= nil then
-        local room = term.n - (used - units)
-        while took < k and sum + costs[took + 1] <= room do
-          took = took + 1
-          sum = sum + costs[took]
-        end
-        counter_give_back(L.rate, units - sum)
-        term.used = used - (units - sum)
-      else
+      if used == nil then
         term.used = term.n  -- garbage, now a full window
+        return 0
       end
+      local took, sum = limits_fit(costs, k, term.n - (used - units), math.huge), 0
+      for i = 1, took do sum = sum + costs[i] end
+      counter_give_back(L.rate, units - sum)
+      term.used = used - (units - sum)
       return took
     end
   end
@@ -229,7 +213,7 @@ local function limits_wait(L, need)
       end
     end
     if term.counter then
-      if term.used == nil then limits_counter_room(L) end
+      if term.used == nil then term.used, term.garbage = counter_used(L.rate, term.n) end
       if term.n - term.used < need then
         wait = math.max(wait, counter_wait(L.rate, term.n, term.d, term.garbage))
       end

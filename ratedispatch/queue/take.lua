@@ -83,14 +83,15 @@ local function done(reply)
   return reply
 end
 
--- The costs of index members, in order, and the units of the first `most` of them.
+-- The costs of index members, in order, the units of the first `most` of them, and the largest.
 local function costs_of(members, most)
-  local costs, wanted = {}, 0
+  local costs, wanted, costliest = {}, 0, 1
   for i, member in ipairs(members) do
     costs[i] = member_cost(member)
     if i <= most then wanted = wanted + costs[i] end
+    costliest = math.max(costliest, costs[i])
   end
-  return costs, wanted
+  return costs, wanted, costliest
 end
 
 -- Would every entry not yet read fit in the room of every term along with `fresh`?  Then no
@@ -119,15 +120,10 @@ local function all_fit(costs)
   return false
 end
 
-local fresh_costs, fresh_wanted = costs_of(fresh, want)
-local fresh_costliest = 1
-for _, cost in ipairs(fresh_costs) do fresh_costliest = math.max(fresh_costliest, cost) end
-if fresh_costliest > 1 then
-  local lim = limits()
-  if fresh_costliest > lim.costliest then
-    lim.costliest = fresh_costliest
-    lim.calls_dirty = true
-  end
+local fresh_costs, fresh_wanted, fresh_costliest = costs_of(fresh, want)
+if fresh_costliest > 1 and fresh_costliest > limits().costliest then
+  L.costliest = fresh_costliest
+  L.calls_dirty = true
 end
 if #fresh > 0 and redis.call('EXISTS', index, retry) == 0 and (drained or all_fit(fresh_costs))
 then
