@@ -19,7 +19,7 @@ import ratedispatch.queue.inputs  # noqa: F401  (declares the scripts)
 from ratedispatch import scripts
 from ratedispatch.queue import Success, TakeStatus
 from ratedispatch.queue.entries import Take, UnknownReply
-from ratedispatch.queue.inputs import ACKS, AcksArgs, AcksKeys
+from ratedispatch.queue.inputs import TAKE, TakeArgs, TakeKeys
 from ratedispatch.task import parse_entry
 
 from .conftest import make_settings
@@ -79,14 +79,16 @@ def test_includes_resolve_once_each_and_before_the_script() -> None:
 
 
 async def test_a_script_error_names_the_file_and_its_own_line(redis: Redis) -> None:
-    acks = ACKS.on(redis)
+    take = TAKE.on(redis)
     answer = ("1-0", 200, 1, 1, "1", 1, 0)
-    args = AcksArgs("g", "me", 0, False, "1-0", "1-0", 10, "w,5,1000", [answer])
-    bad = dataclasses.replace(args, answers=[(*answer[:6], "not a number")])  # type: ignore[list-item]
+    args = TakeArgs("w,5,1000", 0, 5, 0, "g", "me", "w", 10, 10, False, False, 1000, 0, False,
+                    "1-0", "1-0", 1, [answer])  # fmt: skip
+    bad = dataclasses.replace(args, successes_then_fresh=[(*answer[:6], "not a number")])  # type: ignore[list-item]
+    keys = TakeKeys("rate", "index", "retry", "s", "flight", "terms", "s")
     await redis.xgroup_create("s", "g", "0", mkstream=True)
-    await acks(AcksKeys("s", "s", "flight", "terms"), args)  # the good one runs
+    await take(keys, args)  # the good one runs
     with pytest.raises(scripts.ScriptError) as caught:
-        await acks(AcksKeys("s", "s", "flight", "terms"), bad)
+        await take(keys, bad)
     lines = (PACKAGE / "limits/limits.lua").read_text().splitlines()
     line = next(n for n, text in enumerate(lines, 1) if "call[4] >= 0" in text)
     assert f"limits/limits.lua:{line}" in str(caught.value)
@@ -95,8 +97,8 @@ async def test_a_script_error_names_the_file_and_its_own_line(redis: Redis) -> N
 
 def test_a_reply_code_the_code_does_not_know_is_an_error() -> None:
     with pytest.raises(UnknownReply, match="no such reply code"):
-        Take.decode([7, 0], ())
-    assert Take.decode([0, 250], ()).status is TakeStatus.FULL
+        Take.decode([[], [7, 0]], ())
+    assert Take.decode([[], [0, 250]], ()).status is TakeStatus.FULL
 
 
 BIG = 10_000

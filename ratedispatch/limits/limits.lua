@@ -295,11 +295,12 @@ local function limits_flush(L)
   end
 end
 
--- An answer script's whole part in the limits: `calls` is {id, stamp, cost, ago_ms} for each
--- call answered ago_ms before `now` (an empty stamp: none was started for it; ago_ms < 0: none
--- was made after all).  The worker measures ago_ms just before it sends the script, so it is
--- only ever too short: each call counts from a moment no earlier than the API saw it.
-local function limits_record(flight, hash, spec, now, calls)
+-- Calls answered: `calls` is {id, stamp, cost, ago_ms} for each call answered ago_ms before
+-- `now` (an empty stamp: none was started for it; ago_ms < 0: none was made after all).  Returns
+-- their answers for limits_settle, and the times of those made (limits_open reads their
+-- buckets).  The worker measures ago_ms just before it sends the script, so it is only ever too
+-- short: each call counts from a moment no earlier than the API saw it.
+local function limits_answers(now, calls)
   local answers, times = {}, {}
   for _, call in ipairs(calls) do
     if call[2] ~= '' then
@@ -312,6 +313,12 @@ local function limits_record(flight, hash, spec, now, calls)
       answers[#answers + 1] = {flight_member(call[1], call[2], call[3]), call[3], at}
     end
   end
+  return answers, times
+end
+
+-- An answer script's whole part in the limits (limits_answers says what `calls` holds).
+local function limits_record(flight, hash, spec, now, calls)
+  local answers, times = limits_answers(now, calls)
   if #answers == 0 then return end
   local L = limits_open(nil, flight, hash, spec, 0, now, times)
   limits_settle(L, answers)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis.asyncio import Redis
@@ -109,6 +109,8 @@ class Take:
     wait: float | None = None
     # GRANTED to fresh entries directly: nothing waited in the index or for a backoff.
     fast: bool = False
+    # For each success the take recorded: True, or False when its entry was no longer ours.
+    recorded: list[bool] = field(default_factory=list)
 
     @classmethod
     def decode(
@@ -117,9 +119,16 @@ class Take:
         """take.lua's reply; `fresh` are the (member, entry, task) the take was given, and
         `asked_at` when it was asked for (time.monotonic())."""
         try:
-            code = TakeReply(int(reply[0]))
+            recorded = [bool(int(r)) for r in reply[0]]
+            code = TakeReply(int(reply[1][0]))
         except (ValueError, TypeError, IndexError):
             raise UnknownReply(f"take.lua answered {reply!r}: no such reply code") from None
+        return replace(cls._decode(code, reply[1], fresh, asked_at), recorded=recorded)
+
+    @classmethod
+    def _decode(
+        cls, code: TakeReply, reply: Any, fresh: Sequence[tuple[str, Entry, Task]], asked_at: float
+    ) -> Take:
         if code is TakeReply.GRANTED_FRESH:
             by_id = {entry.id: (member, entry, task) for member, entry, task in fresh}
             stamp = as_text(reply[2])

@@ -22,6 +22,11 @@ class TakeKeys:
     stream: str
     flight: str
     terms: str
+    results: str
+
+
+# (id, http_status, duration_ms, attempts, stamp, cost, answered ms ago) of a call that succeeded
+SuccessArgs = tuple[str, int, int, int, str, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +43,12 @@ class TakeArgs:
     drained: bool
     keep: bool
     deadline_ms: int
-    fresh: Sequence[str]
+    results_maxlen: int
+    delete_acked: bool
+    lowest: str
+    highest: str
+    succeeded: int
+    successes_then_fresh: Sequence[SuccessArgs | str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,28 +65,6 @@ class IndexArgs:
     pending_bound: int
     reread: bool
     members: Sequence[str]
-
-
-@dataclass(frozen=True, slots=True)
-class AcksKeys:
-    stream: str
-    results: str
-    flight: str
-    terms: str
-
-
-@dataclass(frozen=True, slots=True)
-class AcksArgs:
-    group: str
-    me: str
-    results_maxlen: int
-    delete_acked: bool
-    lowest: str
-    highest: str
-    pending_bound: int
-    limits: str
-    # (id, http_status, duration_ms, attempts, stamp, cost, answered ms ago) for each entry
-    answers: Sequence[tuple[str, int, int, int, str, int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +132,6 @@ class RetireArgs:
 
 TAKE = declare("queue/take.lua", TakeKeys, TakeArgs)
 INDEX = declare("queue/index.lua", IndexKeys, IndexArgs)
-ACKS = declare("queue/acks.lua", AcksKeys, AcksArgs)
 RETRY = declare("queue/retry.lua", RetryKeys, RetryArgs)
 BURY = declare("queue/bury.lua", BuryKeys, BuryArgs)
 RECLAIM = declare("queue/reclaim.lua", StreamKey, ReclaimArgs)

@@ -75,7 +75,6 @@ class Queue:
         self._results = keys.results or keys.stream
         self._take = i.TAKE.on(redis)
         self._index = i.INDEX.on(redis)
-        self._acks = i.ACKS.on(redis)
         self._retry = i.RETRY.on(redis)
         self._bury = i.BURY.on(redis)
 
@@ -177,14 +176,18 @@ class Queue:
         *,
         drained: bool = False,
         keep: bool = False,
+        successes: Sequence[Success] = (),
     ) -> Take:
-        """Take up to `want` slots for the best tasks (see queue/take.lua). `fresh` are entries
-        this consumer just read (`drained`: that read emptied the stream): called at once when
-        nothing waits or competes with them, else indexed; or, with `keep` and more unread,
-        left with the caller (READ_ON) to bring back with what it reads next."""
+        """Record `successes` (calls that succeeded: acknowledged, each with a result, in
+        Take.recorded), then take up to `want` slots for the best tasks (see queue/take.lua).
+        `fresh` are entries this consumer just read (`drained`: that read emptied the stream):
+        called at once when nothing waits or competes with them, else indexed; or, with `keep`
+        and more unread, left with the caller (READ_ON) to bring back with what it reads next.
+        At most ACK_BATCH successes at once."""
         members = sorted(  # best first: rank, then entry id
             (index_member(entry.id, task.priority, task.cost), entry, task) for entry, task in fresh
         )
+        ids = sorted((s.entry_id for s in successes), key=id_key)
         keys = i.TakeKeys(
             self.keys.rate,
             self.keys.index,
@@ -192,68 +195,55 @@ class Queue:
             self.keys.stream,
             self.keys.flight,
             self.keys.terms,
+            self._results,
         )
         limiter = self._limiter
-        args = i.TakeArgs(
-            limits=limiter.spec,
-            max_in_flight=limiter.max_in_flight,
-            max_cost=limiter.max_cost,
-            want=want,
-            group=self.keys.group,
-            me=self.consumer,
-            waiting=self.keys.waiting_consumer,
-            promote_max=PROMOTE_PER_TAKE,
-            pending_bound=PENDING_BOUND,
-            drained=drained,
-            keep=keep,
-            deadline_ms=limiter.deadline_ms,
-            fresh=[member for member, _, _ in members],
-        )
         asked = 0.0
 
         async def op() -> Any:
             nonlocal asked
             asked = time.monotonic()  # each call's deadline counts from before its take
-            return await self._take(keys, args)
-
-        reply = await self._guard.run(op, "taking a slot")
-        return Take.decode(reply, members, asked)
-
-    async def ack_many(self, successes: Sequence[Success]) -> list[bool]:
-        """Acknowledge (and delete) entries whose calls succeeded, each with a result; False
-        for an entry that was no longer ours. At most ACK_BATCH at once."""
-        ids = sorted((s.entry_id for s in successes), key=id_key)
-        keys = i.AcksKeys(self.keys.stream, self._results, self.keys.flight, self.keys.terms)
-
-        async def op() -> Any:
-            # Each slot is busy a window from its answer, not from this script: the batch's
+            # Each call counts in the terms from its answer, not from this script: the batch's
             # wait and round trip are not added to it. Measured anew for each attempt.
-            now = time.monotonic()
-            answers = [
+            answers: list[i.SuccessArgs] = [
                 (
                     *(s.entry_id, s.http_status, s.duration_ms),
                     s.attempts,
                     s.stamp,
                     s.cost,
-                    ago_ms(s.answered_at, now),
+                    ago_ms(s.answered_at, asked),
                 )
                 for s in successes
             ]
-            args = i.AcksArgs(
-                self.keys.group,
-                self.consumer,
-                self._results_maxlen,
-                self._delete_acked,
-                ids[0],
-                ids[-1],
-                PENDING_BOUND,
-                self._limiter.spec,
-                answers,
+            args = i.TakeArgs(
+                limits=limiter.spec,
+                max_in_flight=limiter.max_in_flight,
+                max_cost=limiter.max_cost,
+                want=want,
+                group=self.keys.group,
+                me=self.consumer,
+                waiting=self.keys.waiting_consumer,
+                promote_max=PROMOTE_PER_TAKE,
+                pending_bound=PENDING_BOUND,
+                drained=drained,
+                keep=keep,
+                deadline_ms=limiter.deadline_ms,
+                results_maxlen=self._results_maxlen,
+                delete_acked=self._delete_acked,
+                lowest=ids[0] if ids else "",
+                highest=ids[-1] if ids else "",
+                succeeded=len(answers),
+                successes_then_fresh=[*answers, *(member for member, _, _ in members)],
             )
-            return await self._acks(keys, args)
+            return await self._take(keys, args)
 
-        recorded = await self._guard.run(op, "recording tasks as done")
-        return [bool(r) for r in recorded]
+        what = "recording tasks as done" if successes and not want else "taking a slot"
+        return Take.decode(await self._guard.run(op, what), members, asked)
+
+    async def ack_many(self, successes: Sequence[Success]) -> list[bool]:
+        """Acknowledge (and delete) entries whose calls succeeded, each with a result; False
+        for an entry that was no longer ours. At most ACK_BATCH at once."""
+        return (await self.take(0, successes=successes)).recorded
 
     async def retry_later(
         self, entry_id: str, member: str, delay: float, *, stamp: str, answered: float | None

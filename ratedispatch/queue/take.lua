@@ -1,5 +1,11 @@
--- Start up to `want` calls for the best tasks, within every limit term, and hand those tasks to
--- this consumer, atomically.
+-- Record the calls of this consumer that succeeded since its last take, then start up to `want`
+-- calls for the best tasks, within every limit term, and hand those tasks to this consumer,
+-- atomically.  One script for both: the limits are read and written once for the two, and the
+-- capacity of the calls that ended goes straight to the calls that start.
+--
+-- Each success is acknowledged (and deleted, with DELETE_ACKED) with a result if this consumer
+-- still holds its entry (queue/successes.lua); its call leaves the flight and counts in every
+-- limit term from its answer (limits_settle), before any room is looked at.
 --
 -- `fresh` are index members of entries this consumer just read from the stream (best first).
 -- When nothing waits anywhere (no index, no backoff) and nothing competes with them for the
@@ -26,6 +32,7 @@
 -- KEYS[4] stream: the task stream
 -- KEYS[5] flight: the calls in flight
 -- KEYS[6] terms: the limit terms' state
+-- KEYS[7] results: the results stream (the task stream when results are off: never written)
 -- ARGV[1] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
 -- ARGV[2] max_in_flight: MAX_IN_FLIGHT (0: no cap)
 -- ARGV[3] max_cost: the largest cost every term can grant
@@ -38,8 +45,15 @@
 -- ARGV[10] drained: 1 when the read that found `fresh` emptied the stream
 -- ARGV[11] keep: 1 when the caller would rather keep `fresh` (and read on) than index them
 -- ARGV[12] deadline_ms: by when a call has ended after its take (the HTTP deadline, a margin)
--- ARGV[13..] fresh: index members of entries this consumer just read, best first
--- Returns a reply whose first element is its code (queue/entries.py: TakeReply):
+-- ARGV[13] results_maxlen: the results stream's cap; 0: no results
+-- ARGV[14] delete_acked: 1 to XDEL what is acknowledged
+-- ARGV[15] lowest: the lowest entry id of the successes ('' when none)
+-- ARGV[16] highest: the highest entry id of the successes ('' when none)
+-- ARGV[17] succeeded: how many successes follow
+-- ARGV[18..] successes_then_fresh: the successes (queue/successes.lua: SUCCESS_WIDTH values
+--            each), then the index members of entries this consumer just read, best first
+-- Returns {recorded, reply}: recorded holds 1 or 0 for each success (recorded, or no longer
+-- ours); the reply's first element is its code (queue/entries.py: TakeReply):
 --   {GRANTED_FRESH = 3, {id, ...}, stamp}                             fast path
 --   {GRANTED = 1, {{id, fields, attempt, member}, ...}, stamp}        index entries granted
 --   {FULL = 0, wait_ms}                    no room; the best task may fit in wait_ms
@@ -50,10 +64,12 @@
 -- include: lua/clock.lua
 -- include: lua/chunks.lua
 -- include: queue/indexing.lua
+-- include: queue/successes.lua
 -- include: limits/limits.lua
 local GRANTED, FULL, EMPTY, GRANTED_FRESH, READ_ON = 1, 0, 2, 3, 4
 local rate, index, retry, stream, flight, terms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
                                                   KEYS[6]
+local results = KEYS[7]
 local spec = ARGV[1]
 local max_in_flight = tonumber(ARGV[2])
 local max_cost = tonumber(ARGV[3])
@@ -64,24 +80,36 @@ local pending_bound = tonumber(ARGV[9])
 local drained = ARGV[10] == '1'
 local keep = ARGV[11] == '1'
 local deadline_ms = tonumber(ARGV[12])
+local succeeded = tonumber(ARGV[17])
+local SUCCESSES = 18
 local fresh = {}
-for i = 13, #ARGV do fresh[#fresh + 1] = ARGV[i] end
+for i = SUCCESSES + succeeded * SUCCESS_WIDTH, #ARGV do fresh[#fresh + 1] = ARGV[i] end
 local now, stamp = clock()
 
--- The limits, opened once they are needed; whatever the script changed in them is written back
--- before it returns (done).
-local L = nil
+local recorded, answered = successes_record(stream, results, group, me, tonumber(ARGV[13]),
+                                         ARGV[14] == '1', ARGV[15], ARGV[16], pending_bound,
+                                         SUCCESSES, succeeded, now)
+-- The limits, opened by the successes' answers or once they are needed; whatever the script
+-- changed in them is written back before it returns (done).
+local answers, answered_at = limits_answers(now, answered)
+local L, expired = nil, false
+if #answers > 0 then
+  L = limits_open(rate, flight, terms, spec, max_in_flight, now, answered_at)
+  limits_settle(L, answers)
+end
 local function limits()
-  if L == nil then
-    L = limits_open(rate, flight, terms, spec, max_in_flight, now)
+  if not expired then
+    L = L or limits_open(rate, flight, terms, spec, max_in_flight, now)
     limits_expire(L)
+    expired = true
   end
   return L
 end
 local function done(reply)
   if L ~= nil then limits_flush(L) end
-  return reply
+  return {recorded, reply}
 end
+if want <= 0 and #fresh == 0 then return done({EMPTY, 0}) end
 
 -- The costs of index members, in order, the units of the first `most` of them, and the largest.
 local function costs_of(members, most)
@@ -145,12 +173,12 @@ then
 end
 
 if #fresh > 0 and keep and not drained then
-  return {READ_ON}
+  return done({READ_ON})
 end
 index_entries(stream, index, group, me, waiting, fresh, 'fresh', pending_bound)
 if #fresh > 0 and not drained then
   -- More is unread, possibly of higher priority: index it before any slot is given away.
-  return {EMPTY, 0}
+  return done({EMPTY, 0})
 end
 
 -- Retries whose backoff has passed rejoin the priority index, under their original rank and id.
@@ -165,14 +193,14 @@ if #due > 0 then
   call_chunked({'ZADD', index}, scored, {}, 2)
 end
 
-if want <= 0 then return {EMPTY, 0} end
+if want <= 0 then return done({EMPTY, 0}) end
 local best = redis.call('ZRANGE', index, 0, want - 1)
 if #best == 0 then
   local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')
   if #nxt > 0 then
-    return {EMPTY, math.max(tonumber(nxt[2]) - now, 0)}
+    return done({EMPTY, math.max(tonumber(nxt[2]) - now, 0)})
   end
-  return {EMPTY, -1}
+  return done({EMPTY, -1})
 end
 
 local costs, wanted = costs_of(best, want)

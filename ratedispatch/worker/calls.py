@@ -18,6 +18,7 @@ from ..queue.queue import Queue
 from ..settings import Settings
 from ..task import build_request, parse_entry
 from .acks import Acker
+from .capacity import Hold
 from .metrics import Metrics
 from .outcome import Outcome, Verdict, classify_exception, classify_response, retry_delay
 
@@ -39,6 +40,7 @@ class Caller:
         guard: RedisGuard,
         metrics: Metrics,
         rng: random.Random,
+        acker: Acker,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._settings = settings
@@ -51,14 +53,16 @@ class Caller:
         # API sets is kept and sent with another task's call.
         self._transport = transport
         self._queue = queue
-        self._acker = Acker(queue)
+        self._acker = acker
         self._limiter = limiter
         self._guard = guard
         self._metrics = metrics
         self._rng = rng
 
-    async def call(self, grant: Grant) -> None:
-        """One attempt for a granted entry, recorded in Redis before returning."""
+    async def call(self, grant: Grant, hold: Hold) -> None:
+        """One attempt for a granted entry, recorded in Redis before returning. `hold` is the
+        call's capacity: a success hands it to whoever records it, else the caller releases it
+        once this returns."""
         entry = grant.entry
         try:
             task = grant.task or parse_entry(
@@ -107,7 +111,7 @@ class Caller:
         outcome = await self._send(request, budget)
         answered = time.monotonic()
         self._metrics.call(outcome.verdict.value, outcome.http_status, answered - started)
-        await self._settle(grant, outcome, round((answered - started) * 1000), answered)
+        await self._settle(grant, outcome, round((answered - started) * 1000), answered, hold)
 
     async def _send(self, request: httpx.Request, budget: float) -> Outcome:
         try:
@@ -131,7 +135,7 @@ class Caller:
         return classify_response(response)
 
     async def _settle(
-        self, grant: Grant, outcome: Outcome, duration_ms: int, answered: float
+        self, grant: Grant, outcome: Outcome, duration_ms: int, answered: float, hold: Hold
     ) -> None:
         entry_id = grant.entry.id
         if outcome.verdict is Verdict.OK:
@@ -139,7 +143,7 @@ class Caller:
             success = Success(
                 entry_id, status, duration_ms, grant.attempt, grant.stamp, answered, grant.cost
             )
-            recorded = await self._acker.ack(success)
+            recorded = await self._acker.ack(success, hold)
         elif outcome.verdict is Verdict.RETRY and grant.attempt < self._settings.max_attempts:
             delay = retry_delay(
                 outcome,

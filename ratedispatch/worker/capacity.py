@@ -1,7 +1,10 @@
 """A worker's capacity: CONCURRENCY calls in flight at most, reserved before a take asks Redis
-for slots (so a worker never takes slots it cannot call on) and released as calls end."""
+for slots (so a worker never takes slots it cannot call on), and held by each call until its
+outcome is recorded."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import anyio
 
@@ -15,10 +18,6 @@ class Capacity:
     def free(self) -> int:
         return self._free.value
 
-    async def acquire(self) -> None:
-        """Wait for one."""
-        await self._free.acquire()
-
     def reserve(self, most: int) -> int:
         """Acquire up to `most` without waiting; returns how many."""
         n = 0
@@ -31,11 +30,39 @@ class Capacity:
         for _ in range(n):
             self._free.release()
         if n:
-            self._freed.set()
+            self.poke()
 
-    async def wait_free(self) -> int:
-        """Wait until some is free; returns how much."""
-        while not self._free.value:
-            await self._freed.wait()
-            self._freed = anyio.Event()
-        return self._free.value
+    def poke(self) -> None:
+        """Wake whoever waits in wait_free: what it counts may have changed."""
+        self._freed.set()
+
+    async def wait_free(self, also: Callable[[], int] = lambda: 0) -> int:
+        """Wait until some is free, or `also()` (capacity about to come back: calls whose
+        outcome a take can record) is above 0; returns the two together."""
+        while not self._free.value + also():
+            freed = self._freed
+            await freed.wait()
+            if self._freed is freed:  # else another waiter renewed it, and it may be set anew
+                self._freed = anyio.Event()
+        return self._free.value + also()
+
+
+class Hold:
+    """One unit of capacity, held by one call: given back once (released), or handed over with
+    the call's outcome to the take that records it, for one of the calls that take starts."""
+
+    __slots__ = ("_capacity", "_held")
+
+    def __init__(self, capacity: Capacity) -> None:
+        self._capacity = capacity
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._capacity.release(1)
+
+    def hand_over(self) -> bool:
+        """The unit now belongs to whoever takes it; False if it was already given back."""
+        held, self._held = self._held, False
+        return held

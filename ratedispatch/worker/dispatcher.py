@@ -25,8 +25,9 @@ from ..queue.consumers import Consumers
 from ..queue.entries import Grant, TakeStatus
 from ..queue.queue import Queue
 from ..settings import Settings
+from .acks import Acker
 from .calls import Caller
-from .capacity import Capacity
+from .capacity import Capacity, Hold
 from .metrics import Metrics
 from .reader import IDLE_POLL_SECONDS, READ_BATCH, SHIELD_SECONDS, Reader
 
@@ -69,6 +70,8 @@ class Dispatcher:
         )
         self.queue = Queue.from_settings(redis, settings, self.limiter, self.guard)
         self.consumers = Consumers(redis, self.keys, settings.consumer, self.guard)
+        self.capacity = Capacity(settings.concurrency)
+        self.acker = Acker(self.queue, self.capacity)
         self._caller = Caller(
             settings,
             http,
@@ -77,15 +80,16 @@ class Dispatcher:
             self.guard,
             self.metrics,
             rng or random.Random(),
+            self.acker,
             transport,
         )
-        self.capacity = Capacity(settings.concurrency)
         self._intake = anyio.CancelScope()
         self._wake = anyio.Event()
         self.reader = Reader(
             settings,
             self.queue,
             self.capacity,
+            self.acker,
             start_calls=self._start_calls,
             bury_invalid=self._bury_invalid,
             wake_dispatch=self._wake_dispatch,
@@ -180,17 +184,27 @@ class Dispatcher:
                     await self._wake.wait()
                 self._wake = anyio.Event()
                 continue
-            await self.capacity.acquire()
-            want = 1 + self.capacity.reserve(self._settings.concurrency)
+            # Capacity, free or about to be: a success waiting to be recorded is recorded by
+            # this take, and its call's capacity goes to the calls the take starts.
+            await self.capacity.wait_free(lambda: self.acker.waiting)
+            with self.acker.taking():
+                await self.acker.gather()
+                claim = self.acker.claim()
+            want = claim.units + self.capacity.reserve(self._settings.concurrency)
             take = None
-            with anyio.move_on_after(SHIELD_SECONDS, shield=True):
-                take = await self.queue.take(want)
+            try:
+                with anyio.move_on_after(SHIELD_SECONDS, shield=True):
+                    take = await self.queue.take(want, successes=claim.successes)
+            finally:
+                if take is None:
+                    # Cut short after SHIELD_SECONDS: stopping while Redis stalls or is away. A
+                    # take that did happen is not known here; its entries stay pending under our
+                    # name and are reclaimed or read again by the next process of the same name.
+                    claim.failed()
+                    self._start_calls([], want)
             if take is None:
-                # Cut short after SHIELD_SECONDS: stopping while Redis stalls or is away. A take
-                # that did happen is not known here; its entries stay pending under our name
-                # and are reclaimed or read again by the next process of the same name.
-                self._start_calls([], want)
                 continue
+            claim.recorded(take.recorded)
             self._start_calls(take.grants, want)
             if take.status is TakeStatus.GRANTED:
                 continue
@@ -228,15 +242,16 @@ class Dispatcher:
 
     async def _call(self, grant: Grant) -> None:
         self.metrics.in_flight.inc()
+        # Capacity is held until the outcome is recorded, not only while the API answers: so a
+        # worker never holds more than CONCURRENCY entries it has called and not yet recorded,
+        # which bounds the calls repeated if it dies or its Redis connection hangs.
+        hold = Hold(self.capacity)
         try:
-            await self._caller.call(grant)
+            await self._caller.call(grant, hold)
         finally:
-            # Capacity is held until the outcome is recorded, not only while the API answers:
-            # so a worker never holds more than CONCURRENCY entries it has called and not yet
-            # recorded, which bounds the calls repeated if it dies or its Redis connection hangs.
             self.in_flight -= 1
             self.metrics.in_flight.dec()
-            self.capacity.release(1)
+            hold.release()
 
     # -- reclaiming: a dead worker's entries -> priority index ----------------------------
 

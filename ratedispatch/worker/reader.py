@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 
 import anyio
 
@@ -18,6 +19,7 @@ from ..queue.entries import Entry, Grant, TakeStatus
 from ..queue.queue import Queue
 from ..settings import Settings
 from ..task import Task, parse_entry
+from .acks import Acker, Claim
 from .capacity import Capacity
 
 READ_BATCH = 500
@@ -34,6 +36,7 @@ class Reader:
         settings: Settings,
         queue: Queue,
         capacity: Capacity,
+        acker: Acker,
         *,
         start_calls: Callable[[Sequence[Grant], int], None],
         bury_invalid: Callable[[str, str], Awaitable[object]],
@@ -47,6 +50,7 @@ class Reader:
         self._limits = settings.limit_terms
         self._queue = queue
         self._capacity = capacity
+        self._acker = acker
         self._start_calls = start_calls
         self._bury_invalid = bury_invalid
         self._wake_dispatch = wake_dispatch
@@ -99,7 +103,8 @@ class Reader:
             if self.fast and not self._carry:
                 # Nothing waits in the index: read only what can be called now, so the entries
                 # go straight to their calls (anything read beyond would be indexed first).
-                count = await self._capacity.wait_free()
+                # Capacity about to come back counts: the take records the successes waiting.
+                await self._capacity.wait_free(lambda: self._acker.waiting)
             else:
                 indexed = await self._queue.index_size()
                 room = self._settings.max_waiting - indexed - len(self._carry)
@@ -108,41 +113,59 @@ class Reader:
                     await self._index_carry()
                     await anyio.sleep(IDLE_POLL_SECONDS)
                     continue
-                count = min(READ_BATCH, room)
-            # Carrying entries, read on at once: they wait for this read.
-            block_ms = 0 if self._carry else self._read_block_ms
-            entries = await self._queue.read_new(count, block_ms)
-            if entries or self._carry:
+            # A success waiting is recorded by the take that follows this read, so the read
+            # does not block (nor does one that carries entries: they wait for it).
+            claiming = bool(self._acker.waiting)
+            with self._acker.taking() if claiming else nullcontext():
+                if self.fast and not self._carry:
+                    await self._acker.gather()
+                    count = self._capacity.free + self._acker.waiting
+                    if not count:  # the dispatch loop took it meanwhile
+                        continue
+                else:
+                    count = min(READ_BATCH, room)
+                block_ms = 0 if self._carry or claiming else self._read_block_ms
+                entries = await self._queue.read_new(count, block_ms)
+                claim = self._acker.claim() if entries or self._carry else None
+            if claim is not None:
                 with anyio.move_on_after(SHIELD_SECONDS, shield=True):
                     # Entries just read are pending under our name: finish with them even when
                     # stopping.
-                    await self._admit(entries, drained=len(entries) < count)
+                    await self._admit(entries, claim, drained=len(entries) < count)
             elif not self._read_block_ms:
                 await anyio.sleep(IDLE_POLL_SECONDS)
 
-    async def _admit(self, entries: Sequence[Entry], *, drained: bool) -> None:
+    async def _admit(self, entries: Sequence[Entry], claim: Claim, *, drained: bool) -> None:
         """Just-read entries: called at once when nothing waits or competes with them and
         capacity is free (in one script, the fast path), else indexed; or, when more is
         unread, kept back to go in with it (so the index never holds part of a backlog that
-        another worker could give a slot from while better tasks are still unread)."""
-        fresh = self._carry + await self._parse(entries)
-        self._carry = []
-        if not fresh:
-            return
-        want = self._capacity.reserve(len(fresh))
-        self.last_take = time.monotonic()
-        take = None
+        another worker could give a slot from while better tasks are still unread). The same
+        script records the successes of `claim`, whose capacity is the take's."""
+        take, reserved = None, claim.units
         try:
-            keep = len(fresh) < READ_BATCH
-            take = await self._queue.take(want, fresh, drained=drained, keep=keep)
+            fresh = self._carry + await self._parse(entries)
+            self._carry = []
+            reserved += self._capacity.reserve(max(len(fresh) - claim.units, 0))
+            self.last_take = time.monotonic()
+            take = await self._queue.take(
+                min(len(fresh), reserved),
+                fresh,
+                drained=drained,
+                keep=len(fresh) < READ_BATCH,
+                successes=claim.successes,
+            )
         finally:
             # Cut short (Redis away past the shield's deadline): the capacity goes back all
-            # the same.
-            self._start_calls(take.grants if take else [], want)
-        assert take is not None  # else the take raised
+            # the same, and the successes wait for another writer.
+            if take is None:
+                claim.failed()
+            self._start_calls(take.grants if take else [], reserved)
+        claim.recorded(take.recorded)
         if take.status is TakeStatus.READ_ON:
             self._carry = fresh
             self.fast = False
+            return
+        if not fresh:
             return
         self.fast = take.fast and len(take.grants) == len(fresh)
         if not self.fast and drained:
