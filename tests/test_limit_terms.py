@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import httpx
@@ -20,6 +21,7 @@ from ratedispatch.devtools.audit import busiest, fullest_bucket
 from ratedispatch.limits.limiter import FLIGHT_MARGIN_SECONDS, TermState
 from ratedispatch.ops.status import collect, render
 from ratedispatch.queue import Grant, Success, TakeStatus
+from ratedispatch.queue.entries import as_text
 
 from .conftest import API, make_settings
 from .helpers import (
@@ -48,6 +50,31 @@ async def add_costly(redis: Redis, stream: str, *costs: tuple[str, int]) -> list
         await enqueue(redis, stream, build_entry(f"/c/{i}", priority=priority, cost=cost))
         for i, (priority, cost) in enumerate(costs)
     ]
+
+
+async def test_a_take_records_the_successes_before_it_and_their_calls_count_from_the_answer(
+    redis: Redis,
+) -> None:
+    settings = make_settings(limits="2/1s", max_in_flight=2)
+    queue = queue_for(settings, redis)
+    other = queue_for(make_settings(limits="2/1s", max_in_flight=2, consumer="b"), redis)
+    await add_tasks(redis, settings, *["normal"] * 4)
+    await index_all(queue)
+    first = await queue.take(2)
+    assert len(first.grants) == 2 and (await queue.take(2)).status is TakeStatus.FULL
+    lost, kept = first.grants
+    await redis.xclaim(settings.stream, settings.group, "b", 0, [lost.entry.id])  # taken over
+    # The successes leave the flight (MAX_IN_FLIGHT has room again) but stay busy in the window
+    # term from their answer: the same script records them and finds no room.
+    take = await queue.take(2, successes=answered(first.grants))
+    assert take.recorded == [False, True]
+    assert take.status is TakeStatus.FULL and take.wait is not None and 0.9 < take.wait <= 1.01
+    assert [row["id"] for row in await fields_of(redis, settings.results_stream)] == [kept.entry.id]
+    held: Any = await redis.xpending_range(settings.stream, settings.group, "-", "+", 10)
+    owners = {as_text(row["message_id"]): as_text(row["consumer"]) for row in held}
+    assert kept.entry.id not in owners  # acknowledged
+    assert owners[lost.entry.id] == "b"  # its new owner's to record
+    assert (await other.take(2)).status is TakeStatus.FULL
 
 
 async def test_a_call_starts_only_when_every_term_has_room(redis: Redis) -> None:

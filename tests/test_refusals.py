@@ -221,7 +221,7 @@ async def test_scripts_refused_for_oom_change_nothing_and_run_once_memory_is_fre
     )
     refused = [name for name, ok in done.items() if not ok]
     # Redis refuses a script at its first write that could add memory, before it has written
-    # anything; a script whose first write frees memory (acks.lua drops freed slots first) is
+    # anything; a script whose first write frees memory (recording successes acknowledges first) is
     # let through whole, since stopping it later would leave it half done.
     assert "take" in refused and "bury" in refused
     after = snapshot(tiny)
