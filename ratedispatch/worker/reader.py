@@ -126,7 +126,9 @@ class Reader:
                     count = min(READ_BATCH, room)
                 block_ms = 0 if self._carry or claiming else self._read_block_ms
                 entries = await self._queue.read_new(count, block_ms)
-                claim = self._acker.claim() if entries or self._carry else None
+                # Nothing read: the take records the successes all the same (else the reader
+                # would read again at once, and the writer it holds back would wait).
+                claim = self._acker.claim() if entries or self._carry or claiming else None
             if claim is not None:
                 with anyio.move_on_after(SHIELD_SECONDS, shield=True):
                     # Entries just read are pending under our name: finish with them even when
@@ -146,20 +148,23 @@ class Reader:
             fresh = self._carry + await self._parse(entries)
             self._carry = []
             reserved += self._capacity.reserve(max(len(fresh) - claim.units, 0))
-            self.last_take = time.monotonic()
-            take = await self._queue.take(
-                min(len(fresh), reserved),
-                fresh,
-                drained=drained,
-                keep=len(fresh) < READ_BATCH,
-                successes=claim.successes,
-            )
+            if fresh or claim.successes:
+                self.last_take = time.monotonic()
+                take = await self._queue.take(
+                    min(len(fresh), reserved),
+                    fresh,
+                    drained=drained,
+                    keep=len(fresh) < READ_BATCH,
+                    successes=claim.successes,
+                )
         finally:
             # Cut short (Redis away past the shield's deadline): the capacity goes back all
             # the same, and the successes wait for another writer.
             if take is None:
                 claim.failed()
             self._start_calls(take.grants if take else [], reserved)
+        if take is None:
+            return
         claim.recorded(take.recorded)
         if take.status is TakeStatus.READ_ON:
             self._carry = fresh
