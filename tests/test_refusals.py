@@ -208,6 +208,9 @@ async def test_scripts_refused_for_oom_change_nothing_and_run_once_memory_is_fre
     assert dispatcher.guard.refused and "OOM" in (dispatcher.guard.trouble or "")
     healthy, detail = dispatcher.health()
     assert not healthy and "refuses commands (OOM" in detail and "queue/take.lua" in detail
+    # A take that records successes and may start calls is refused whole: recording them first
+    # (a write that frees memory) must not let its grants through.
+    await attempt("take recording", lambda: queue.take(4, successes=successes[:2]))
     await attempt("acks", lambda: queue.ack_many(successes[:2]))
     await attempt(
         "bury",
@@ -221,9 +224,9 @@ async def test_scripts_refused_for_oom_change_nothing_and_run_once_memory_is_fre
     )
     refused = [name for name, ok in done.items() if not ok]
     # Redis refuses a script at its first write that could add memory, before it has written
-    # anything; a script whose first write frees memory (recording successes acknowledges first) is
-    # let through whole, since stopping it later would leave it half done.
-    assert "take" in refused and "bury" in refused
+    # anything; a script whose first write frees memory (recording successes, with nothing to
+    # take) is let through whole, since stopping it later would leave it half done.
+    assert "take" in refused and "take recording" in refused and "bury" in refused
     after = snapshot(tiny)
     if set(refused) == set(done):
         assert after == before, "a refused script changed something"

@@ -86,6 +86,14 @@ local fresh = {}
 for i = SUCCESSES + succeeded * SUCCESS_WIDTH, #ARGV do fresh[#fresh + 1] = ARGV[i] end
 local now, stamp = clock()
 
+-- Under OOM, Redis refuses a script only at its first write that may add memory: once it has
+-- written anything, it lets it run whole.  Recording successes alone may run (it frees the
+-- memory of the entries it deletes), but a take that may start calls must not, so its first
+-- write is one that may add memory: this no-op (the field is there, or is set to the state a
+-- missing field reads as; limits_flush writes it in full).
+if succeeded > 0 and want > 0 then
+  redis.call('HSETNX', terms, 'calls', '0::0:0:1')
+end
 local recorded, answered = successes_record(stream, results, group, me, tonumber(ARGV[13]),
                                          ARGV[14] == '1', ARGV[15], ARGV[16], pending_bound,
                                          SUCCESSES, succeeded, now)

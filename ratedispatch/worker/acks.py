@@ -40,12 +40,14 @@ class _Waiter:
 
 
 class Claim:
-    """The successes a take records, and the capacity their calls held, now the take's."""
+    """The successes a take records, and the capacity their calls held: the take's once it has
+    recorded them (it counts `units` in what it reserved), theirs again if it does not run."""
 
-    def __init__(self, acker: Acker, waiters: list[_Waiter], units: int) -> None:
+    def __init__(self, acker: Acker, waiters: list[_Waiter], handed: list[Hold]) -> None:
         self._acker = acker
         self._waiters = waiters
-        self.units = units
+        self._handed = handed
+        self.units = len(handed)
 
     @property
     def successes(self) -> list[Success]:
@@ -58,8 +60,11 @@ class Claim:
             waiter.done.set()
 
     def failed(self) -> None:
-        """The take did not run (cut short): the successes wait again, for any writer; their
-        capacity is the take's caller's to release with the rest it reserved."""
+        """The take did not run (cut short): the successes wait again, for any writer, and hold
+        their calls' capacity until then: the take's caller releases only what it reserved
+        besides `units`."""
+        for hold in self._handed:
+            hold.take_back()
         self._acker.unclaim(self._waiters)
 
 
@@ -117,14 +122,12 @@ class Acker:
     def claim(self) -> Claim:
         """Every success waiting (up to ACK_BATCH), for the take about to run to record."""
         waiters, self._waiting = self._waiting[:ACK_BATCH], self._waiting[ACK_BATCH:]
-        units = 0
         for waiter in waiters:
             waiter.claimed = True
-            units += waiter.hold.hand_over()
-        return Claim(self, waiters, units)
+        return Claim(self, waiters, [w.hold for w in waiters if w.hold.hand_over()])
 
     def unclaim(self, waiters: list[_Waiter]) -> None:
-        """Back to waiting; their capacity stays with the take's caller, who releases it."""
+        """Back to waiting, for any writer."""
         self._waiting[:0] = waiters
         for waiter in waiters:
             waiter.claimed = False

@@ -66,3 +66,8 @@ class Hold:
         """The unit now belongs to whoever takes it; False if it was already given back."""
         held, self._held = self._held, False
         return held
+
+    def take_back(self) -> None:
+        """A take it was handed over to did not run: the call holds its unit again (the take's
+        caller does not release it), until its outcome is recorded after all."""
+        self._held = True

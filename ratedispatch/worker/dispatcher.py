@@ -191,17 +191,20 @@ class Dispatcher:
                 await self.acker.gather()
                 claim = self.acker.claim()
             want = claim.units + self.capacity.reserve(self._settings.concurrency)
+            if not want and not claim.successes:
+                continue  # the reader took both first
             take = None
             try:
                 with anyio.move_on_after(SHIELD_SECONDS, shield=True):
                     take = await self.queue.take(want, successes=claim.successes)
             finally:
                 if take is None:
-                    # Cut short after SHIELD_SECONDS: stopping while Redis stalls or is away. A
-                    # take that did happen is not known here; its entries stay pending under our
-                    # name and are reclaimed or read again by the next process of the same name.
+                    # Cut short after SHIELD_SECONDS (Redis stalled, away or refusing, or a
+                    # stop): a take that did happen is not known here; its entries stay pending
+                    # under our name and are reclaimed or read again by the next process of the
+                    # same name. The successes hold their calls' capacity again.
                     claim.failed()
-                    self._start_calls([], want)
+                    self._start_calls([], want - claim.units)
             if take is None:
                 continue
             claim.recorded(take.recorded)

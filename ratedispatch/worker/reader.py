@@ -158,10 +158,11 @@ class Reader:
                     successes=claim.successes,
                 )
         finally:
-            # Cut short (Redis away past the shield's deadline): the capacity goes back all
-            # the same, and the successes wait for another writer.
+            # Cut short (Redis away past the shield's deadline): the capacity reserved goes back
+            # all the same, and the successes wait for another writer, holding their own.
             if take is None:
                 claim.failed()
+                reserved -= claim.units
             self._start_calls(take.grants if take else [], reserved)
         if take is None:
             return
