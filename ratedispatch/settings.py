@@ -39,6 +39,18 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def check_base_url(value: str | None) -> str | None:
+    """An API's base URL, without a trailing slash; ValueError if it is not one."""
+    if value is None or value == "":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host")
+    if parts.query or parts.fragment:
+        raise ValueError("expected a base URL without a query or fragment")
+    return value.rstrip("/")
+
+
 class Settings(BaseSettings):
     """The configuration of a worker and of the CLI (docs/reference.md, Settings)."""
 
@@ -102,14 +114,7 @@ class Settings(BaseSettings):
     @field_validator("api_base_url")
     @classmethod
     def _api_base_url(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected an http:// or https:// URL with a host")
-        if parts.query or parts.fragment:
-            raise ValueError("expected a base URL without a query or fragment")
-        return value.rstrip("/")
+        return check_base_url(value)
 
     @field_validator("limits")
     @classmethod

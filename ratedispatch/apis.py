@@ -1,0 +1,227 @@
+"""The APIs one fleet calls (docs/reference.md, "Many APIs"): `default` from the environment as
+always, and more, or `default` overridden, from the TOML file that RATEDISPATCH_CONFIG names.
+
+    [apis.github]
+    base_url = "https://api.github.com"
+    token_env = "GITHUB_TOKEN"
+    limits = "5000/1h"
+
+Each API gets its own Settings: the environment's, with what its table sets. Its quota is its
+own: an API from the file names its `limits`, and its keys are named from its `rate_key` (by
+default `<RATE_KEY>:<name>`), so that one hash tag there puts all of them in one Cluster slot.
+Its token comes only from `token_env` or `token_file`: never from the file itself, and never from
+RATEDISPATCH_API_TOKEN, so no credential reaches another API.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+from .settings import ENV_PREFIX, Settings, check_base_url
+from .terms import Limits
+
+DEFAULT = "default"
+# An API's name is an entry's `api` field, a metric label and part of key names: kept plain.
+API_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
+
+
+class ApiTable(BaseModel):
+    """One `[apis.NAME]` table: every key optional; what it leaves out comes from the
+    environment's settings (but a token, and for an API other than `default` its limits)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_url: str | None = None
+    token_env: str | None = Field(None, min_length=1)
+    token_file: Path | None = None
+    limits: str | None = None
+    max_in_flight: int | None = Field(None, ge=0, le=1_000_000)
+    http_timeout_seconds: float | None = Field(None, gt=0)
+    max_attempts: int | None = Field(None, ge=1)
+    rate_key: str | None = Field(None, min_length=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return check_base_url(value)
+
+    @field_validator("limits")
+    @classmethod
+    def _limits(cls, value: str | None) -> str | None:
+        return None if value is None else str(Limits.parse(value))
+
+
+class ConfigFile(BaseSettings):
+    """The file: its `apis` tables, read by pydantic-settings' TOML source."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    apis: dict[str, ApiTable] = Field(default_factory=dict)
+
+    @field_validator("apis")
+    @classmethod
+    def _names(cls, apis: dict[str, ApiTable]) -> dict[str, ApiTable]:
+        for name in apis:
+            if not API_NAME.fullmatch(name):
+                raise ValueError(
+                    f"[apis.{name}] is not a valid API name: expected lower-case letters, digits, "
+                    "'-' and '_', at most 63, starting with a letter or digit"
+                )
+        return apis
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    name: str
+    settings: Settings  # the environment's, with what the API's table sets
+
+
+def read_config(path: Path) -> ConfigFile:
+    """The file at `path`, validated; ConfigError (one line: the file, table and key) if bad."""
+    where = f"{CONFIG_VARIABLE}={path}"
+    if not path.is_file():
+        raise ConfigError(f"{where}: no such file")
+
+    class FromFile(ConfigFile):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (TomlConfigSettingsSource(settings_cls, toml_file=path),)  # the file only
+
+    try:
+        return FromFile()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot be read: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error.get("loc") or ()]
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if loc[:1] != ["apis"]:
+        if error.get("type") == "extra_forbidden":
+            return f"{'.'.join(loc)} is not a table this file may have (only [apis.NAME])"
+        return message
+    if len(loc) < 2:
+        return f"apis: {message} (expected tables such as [apis.github])"
+    if len(loc) < 3:
+        return f"[apis.{loc[1]}]: {message}"
+    table, key = f"[apis.{loc[1]}]", ".".join(loc[2:])
+    if error.get("type") == "extra_forbidden":
+        known = ", ".join(ApiTable.model_fields)
+        return f"{table} {key}: not a key an API may have (known: {known})"
+    return f"{table} {key}={error.get('input')!r}: {message}"
+
+
+def load_apis(
+    settings: Settings, path: Path | None, environ: Mapping[str, str] = os.environ
+) -> dict[str, Api]:
+    """Every API, `default` first: from the environment's settings, and from the file at
+    `path` (RATEDISPATCH_CONFIG) when there is one. ConfigError if anything is wrong."""
+    tables = read_config(path).apis if path is not None else {}
+    where = f"{CONFIG_VARIABLE}={path}"
+    apis = {DEFAULT: Api(DEFAULT, _resolve(settings, DEFAULT, tables.get(DEFAULT), where, environ))}
+    for name, table in tables.items():
+        if name != DEFAULT:
+            apis[name] = Api(name, _resolve(settings, name, table, where, environ))
+    seen: dict[str, str] = {}
+    for api in apis.values():
+        other = seen.setdefault(api.settings.rate_key, api.name)
+        if other != api.name:
+            raise ConfigError(
+                f"{where}: [apis.{api.name}] rate_key={api.settings.rate_key!r} is also the "
+                f"rate_key of [apis.{other}]: each API's keys are its own"
+            )
+    return apis
+
+
+def _resolve(
+    settings: Settings, name: str, table: ApiTable | None, where: str, environ: Mapping[str, str]
+) -> Settings:
+    if table is None:
+        return settings
+    at = f"{where}: [apis.{name}]"
+    if table.token_env is not None and table.token_file is not None:
+        raise ConfigError(f"{at} sets both token_env and token_file: choose one")
+    update: dict[str, Any] = {
+        field: value
+        for field, value in (
+            ("max_in_flight", table.max_in_flight),
+            ("http_timeout_seconds", table.http_timeout_seconds),
+            ("max_attempts", table.max_attempts),
+        )
+        if value is not None
+    }
+    if name == DEFAULT:
+        if table.base_url is not None:
+            update["api_base_url"] = table.base_url
+        if table.rate_key is not None:
+            update["rate_key"] = table.rate_key
+    else:
+        if table.base_url is None:
+            raise ConfigError(f"{at} has no base_url: every API other than default needs one")
+        if table.limits is None:
+            raise ConfigError(
+                f'{at} has no limits: an API\'s quota is its own (e.g. limits = "5000/1h")'
+            )
+        update["api_base_url"] = table.base_url
+        update["rate_key"] = table.rate_key or f"{settings.rate_key}:{name}"
+        update["api_token"] = None  # never the environment's API_TOKEN
+    if table.limits is not None:
+        update["limits"] = table.limits
+    token = _token(table, at, environ)
+    if token is not None:
+        update["api_token"] = SecretStr(token)
+    timeout = update.get("http_timeout_seconds", settings.http_timeout_seconds)
+    if settings.reclaim_idle_seconds <= timeout:
+        raise ConfigError(
+            f"{at} http_timeout_seconds={timeout:g} must be below "
+            f"{ENV_PREFIX}RECLAIM_IDLE_SECONDS={settings.reclaim_idle_seconds:g}, or a live "
+            "worker's call could be taken over and made twice"
+        )
+    return settings.model_copy(update=update)
+
+
+def _token(table: ApiTable, at: str, environ: Mapping[str, str]) -> str | None:
+    if table.token_env is not None:
+        token = environ.get(table.token_env, "").strip()
+        if not token:
+            raise ConfigError(f"{at} token_env={table.token_env!r}: that variable is not set")
+        return token
+    if table.token_file is not None:
+        try:
+            token = table.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{at} token_file={str(table.token_file)!r}: cannot be read ({type(exc).__name__})"
+            ) from None
+        if not token:
+            raise ConfigError(f"{at} token_file={str(table.token_file)!r}: the file is empty")
+        return token
+    return None
