@@ -17,6 +17,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from . import logs
+from .apis import DEFAULT, load_apis, read_config
 from .connection import connect
 from .errors import ConfigError, InvalidTask, RatedispatchError
 from .ops import admin
@@ -31,7 +32,7 @@ from .worker.service import run_worker
 # runs each command and checks that it reads no other setting and every one of these.
 _LOG = ("log_level", "log_format")
 COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
-    "enqueue": ("redis_url", "stream", "max_body_bytes", *_LOG),
+    "enqueue": ("redis_url", "stream", "max_body_bytes", "config", *_LOG),
     "status": (
         "redis_url", "stream", "group", "rate_key", "rate_limit", "rate_window_seconds",
         "limits", "max_in_flight", "http_timeout_seconds", "reclaim_idle_seconds",
@@ -101,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     enq.add_argument("--idempotency-key", help="defaults to the entry id")
     enq.add_argument("--cost", metavar="N",
                      help="units the call counts against every limit term (default 1)")  # fmt: skip
+    enq.add_argument("--api", metavar="NAME",
+                     help="the API to call, as RATEDISPATCH_CONFIG names it")  # fmt: skip
 
     status = sub.add_parser("status", parents=[_setting_flags("status")],
                             help="backlog, limit terms, consumers")  # fmt: skip
@@ -196,8 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(**_overrides(args))
         logs.configure(settings.log_level, settings.log_format)
         if args.command == "worker":
-            settings.require_api()
-            anyio.run(run_worker, settings)
+            apis = load_apis(settings, settings.config) if settings.config else None
+            # The default API is always there: tasks that name no API are for it.
+            (apis[DEFAULT].settings if apis else settings).require_api()
+            anyio.run(run_worker, settings, apis)
             return 0
         return _with_redis(settings, args)
     except ConfigError as exc:
@@ -253,6 +258,7 @@ def _with_redis(settings: Settings, args: argparse.Namespace) -> int:
 def _command(settings: Settings, args: argparse.Namespace) -> Callable[[Redis], Awaitable[int]]:
     out = sys.stdout
     if args.command == "enqueue":
+        apis = {DEFAULT, *read_config(settings.config).apis} if settings.config else None
         try:
             entry = build_entry(
                 args.endpoint,
@@ -263,6 +269,8 @@ def _command(settings: Settings, args: argparse.Namespace) -> Callable[[Redis], 
                 headers=_pairs(args.header, "--header"),
                 idempotency_key=args.idempotency_key,
                 cost=args.cost,
+                api=args.api,
+                apis=apis,
                 max_body_bytes=settings.max_body_bytes,
             )
         except (InvalidTask, ValueError) as exc:

@@ -28,8 +28,11 @@ class Keys:
     waiting_consumer: str  # the group consumer that holds every indexed entry
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Keys:
-        prefix = key_prefix(settings.stream)
+    def from_settings(cls, settings: Settings, api: str = "default") -> Keys:
+        """The keys of API `api` (ratedispatch/apis.py), whose settings are `settings`: the
+        default API's are the names it has always had; another's index and retry index are
+        named from its RATE_KEY, like its limits, so one hash tag there keeps them together."""
+        prefix = key_prefix(settings.stream) if api == "default" else f"{settings.rate_key}:"
         return cls(
             stream=settings.stream,
             group=settings.group,

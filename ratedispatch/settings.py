@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -95,6 +96,8 @@ class Settings(BaseSettings):
     retry_backoff_seconds: float = Field(1.0, gt=0)
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
     max_waiting: int = Field(100_000, ge=1)
+    # The TOML file that names more APIs (ratedispatch/apis.py); unset: the default API alone.
+    config: Path | None = None
 
     @field_validator("log_level", "log_format", "http_transport", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ import enum
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -78,6 +78,7 @@ class Task:
     headers: tuple[tuple[str, str], ...] = ()
     idempotency_key: str = ""
     cost: int = 1  # the units its call counts against every limit term
+    api: str = "default"  # the API it is for (ratedispatch/apis.py)
 
 
 def _decode(value: bytes | str, what: str) -> str:
@@ -217,9 +218,11 @@ def parse_entry(
     fields: Mapping[bytes, bytes] | Mapping[str, str],
     *,
     max_body_bytes: int = 1_048_576,
+    apis: Collection[str] | None = None,
 ) -> Task:
     """Validate one stream entry (docs/reference.md, Entry fields); raises InvalidTask with the
-    reason."""
+    reason. `apis`: the APIs the fleet calls, when a config file names them; then the field
+    `api` names one of them (else it is a query parameter, as it always was)."""
     if len(fields) > MAX_FIELDS:
         raise InvalidTask(f"the entry has {len(fields)} fields; at most {MAX_FIELDS} are accepted")
     values: dict[str, str] = {}
@@ -238,6 +241,12 @@ def parse_entry(
             f"idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long"
         )
     check_header_value("idempotency_key", key)
+    api = "default"
+    if apis is not None:
+        api = values.pop("api", "default")
+        if api not in apis:
+            known = ", ".join(sorted(apis))
+            raise InvalidTask(f"no API is named {api[:64]!r}: the known ones are {known}")
     query = tuple((k, v) for k, v in values.items() if k not in RESERVED)
     return Task(
         id=entry_id,
@@ -249,6 +258,7 @@ def parse_entry(
         headers=headers,
         idempotency_key=key,
         cost=cost,
+        api=api,
     )
 
 

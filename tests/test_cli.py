@@ -126,3 +126,40 @@ def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -
     assert record["level"] == "WARNING" and record["message"] == "task 1-1 dead-lettered"
     assert {"ts", "logger"} <= set(record)
     configure("INFO", "text")
+
+
+def test_enqueue_for_an_api_that_the_config_file_names(
+    redis_server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = tmp_path / "apis.toml"
+    config.write_text('[apis.github]\nbase_url = "https://api.github.com"\nlimits = "5000/1h"\n')
+    monkeypatch.setenv("RATEDISPATCH_CONFIG", str(config))
+    client = redis_sync.Redis.from_url(redis_server.url)
+    client.delete("external:api:tasks:stream")
+    assert main(["enqueue", "/repos", "--api", "github", "--redis-url", redis_server.url]) == 0
+    entry_id = capsys.readouterr().out.strip()
+    [(found, fields)] = cast(
+        list[tuple[bytes, dict[bytes, bytes]]], client.xrange("external:api:tasks:stream")
+    )
+    assert found.decode() == entry_id and fields[b"api"] == b"github"
+    assert main(["enqueue", "/x", "--api", "gitlab", "--redis-url", redis_server.url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "no API is named 'gitlab': the known ones are default, github" in err
+    assert client.xlen("external:api:tasks:stream") == 1
+
+
+def test_a_worker_with_a_bad_config_file_exits_2_with_one_line_naming_the_table_and_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "apis.toml"
+    config.write_text('[apis.github]\nbase_url = "https://api.github.com"\nlimits = "5000/1x"\n')
+    monkeypatch.setenv("RATEDISPATCH_CONFIG", str(config))
+    monkeypatch.setenv("RATEDISPATCH_API_BASE_URL", "https://api.example.com")
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"RATEDISPATCH_CONFIG={config}: [apis.github] limits='5000/1x'" in err

@@ -23,3 +23,18 @@ def test_the_example_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     settings = load_settings()
     assert settings.api_base_url == "https://api.example.com"
     assert settings.rate_limit == 100
+
+
+def test_the_apis_example_loads(tmp_path: Path) -> None:
+    from ratedispatch.apis import load_apis
+
+    token = tmp_path / "llm_token"
+    token.write_text("t")
+    text = (EXAMPLE.parent / "apis.example.toml").read_text()
+    path = tmp_path / "apis.toml"
+    path.write_text(text.replace("/run/secrets/llm_token", str(token)))
+    settings = Settings(_env_file=None, api_base_url="https://api.example.com")
+    apis = load_apis(settings, path, {"GITHUB_TOKEN": "t"})
+    assert list(apis) == ["default", "github", "llm"]
+    assert str(apis["github"].settings.limit_terms) == "5000/1h, 10/1s burst 5"
+    assert apis["llm"].settings.rate_key == "{llm}:rate"

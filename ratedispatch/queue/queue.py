@@ -80,11 +80,17 @@ class Queue:
 
     @classmethod
     def from_settings(
-        cls, redis: Redis, settings: Settings, limiter: Limiter, guard: RedisGuard
+        cls,
+        redis: Redis,
+        settings: Settings,
+        limiter: Limiter,
+        guard: RedisGuard,
+        api: str = "default",
     ) -> Queue:
+        """The queue of API `api`, whose settings are `settings` (ratedispatch/apis.py)."""
         return cls(
             redis,
-            Keys.from_settings(settings),
+            Keys.from_settings(settings, api),
             settings.consumer,
             limiter,
             guard,

@@ -27,6 +27,13 @@ LINGER_SECONDS = 0.0003
 LINGER_UNTIL = 4
 
 
+async def gather(capacity: Capacity, waiting: int) -> None:
+    """For a take woken by `waiting` successes with no capacity free: let the calls ending
+    about now join it (see LINGER_SECONDS)."""
+    if 0 < waiting < LINGER_UNTIL and not capacity.free:
+        await anyio.sleep(LINGER_SECONDS)
+
+
 class _Waiter:
     __slots__ = ("claimed", "done", "hold", "recorded", "success", "written")
 
@@ -43,11 +50,16 @@ class Claim:
     """The successes a take records, and the capacity their calls held: the take's once it has
     recorded them (it counts `units` in what it reserved), theirs again if it does not run."""
 
-    def __init__(self, acker: Acker, waiters: list[_Waiter], handed: list[Hold]) -> None:
+    def __init__(self, acker: Acker | None, waiters: list[_Waiter], handed: list[Hold]) -> None:
         self._acker = acker
         self._waiters = waiters
         self._handed = handed
         self.units = len(handed)
+
+    @classmethod
+    def none(cls) -> Claim:
+        """A take with no successes to record."""
+        return cls(None, [], [])
 
     @property
     def successes(self) -> list[Success]:
@@ -65,7 +77,8 @@ class Claim:
         besides `units`."""
         for hold in self._handed:
             hold.take_back()
-        self._acker.unclaim(self._waiters)
+        if self._acker is not None:
+            self._acker.unclaim(self._waiters)
 
 
 class Acker:
@@ -116,8 +129,7 @@ class Acker:
     async def gather(self) -> None:
         """For a take woken by a success with no capacity free: let the calls ending about now
         join it (see LINGER_SECONDS)."""
-        if 0 < len(self._waiting) < LINGER_UNTIL and not self._capacity.free:
-            await anyio.sleep(LINGER_SECONDS)
+        await gather(self._capacity, len(self._waiting))
 
     def claim(self) -> Claim:
         """Every success waiting (up to ACK_BATCH), for the take about to run to record."""

@@ -42,7 +42,9 @@ class Caller:
         rng: random.Random,
         acker: Acker,
         transport: httpx.AsyncBaseTransport | None = None,
+        apis: frozenset[str] | None = None,
     ) -> None:
+        """`apis`: every API's name when entries name theirs (task.py: parse_entry)."""
         self._settings = settings
         self._base_url = settings.require_api()
         self._token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -58,6 +60,11 @@ class Caller:
         self._guard = guard
         self._metrics = metrics
         self._rng = rng
+        self._apis = apis
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
 
     async def call(self, grant: Grant, hold: Hold) -> None:
         """One attempt for a granted entry, recorded in Redis before returning. `hold` is the
@@ -66,7 +73,10 @@ class Caller:
         entry = grant.entry
         try:
             task = grant.task or parse_entry(
-                entry.id, entry.fields, max_body_bytes=self._settings.max_body_bytes
+                entry.id,
+                entry.fields,
+                max_body_bytes=self._settings.max_body_bytes,
+                apis=self._apis,
             )
             request = build_request(
                 task,

@@ -10,7 +10,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 import httpx
@@ -18,16 +18,18 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.asyncio import Redis
 
+from ..apis import DEFAULT, Api
 from ..guard import RedisGuard
 from ..keys import Keys
 from ..limits.limiter import Limiter
 from ..queue.consumers import Consumers
 from ..queue.entries import Grant, TakeStatus
 from ..queue.queue import Queue
-from ..settings import Settings
+from ..settings import Settings, mask_url
 from .acks import Acker
 from .calls import Caller
 from .capacity import Capacity, Hold
+from .lanes import Lane
 from .metrics import Metrics
 from .reader import IDLE_POLL_SECONDS, READ_BATCH, SHIELD_SECONDS, Reader
 
@@ -49,56 +51,69 @@ class Dispatcher:
         redis: Redis,
         http: httpx.AsyncClient,
         *,
+        apis: Mapping[str, Api] | None = None,
         rng: random.Random | None = None,
         read_block_ms: int = READ_BLOCK_MS,
         metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`transport`: the one `http` sends with, to send requests on it directly.
+        """`apis`: the APIs from RATEDISPATCH_CONFIG (ratedispatch/apis.py: load_apis); None:
+        the default API alone, as the environment sets it, and entries name no API.
+        `transport`: the one `http` sends with, to send requests on it directly.
         `read_block_ms` 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not
         wake blocked reads)."""
         self._settings = settings
         self.metrics = metrics or Metrics()
         self.running = False
-        self.keys = Keys.from_settings(settings)
-        self.limiter = Limiter.from_settings(redis, self.keys, settings)
         self.guard = RedisGuard(
             settings.redis_url,
             on_nogroup=self._recreate_group,
             # Only idle connections: closing one another task is using breaks redis-py mid-call.
             reset=lambda: redis.connection_pool.disconnect(inuse_connections=False),
         )
-        self.queue = Queue.from_settings(redis, settings, self.limiter, self.guard)
-        self.consumers = Consumers(redis, self.keys, settings.consumer, self.guard)
         self.capacity = Capacity(settings.concurrency)
-        self.acker = Acker(self.queue, self.capacity)
-        self._caller = Caller(
-            settings,
-            http,
-            self.queue,
-            self.limiter,
-            self.guard,
-            self.metrics,
-            rng or random.Random(),
-            self.acker,
-            transport,
-        )
+        routed = apis is not None
+        names = frozenset(apis) if apis is not None else None
+        rng = rng or random.Random()
+        self.lanes: dict[str, Lane] = {}
+        for api in (apis or {DEFAULT: Api(DEFAULT, settings)}).values():
+            keys = Keys.from_settings(api.settings, api.name)
+            limiter = Limiter.from_settings(redis, keys, api.settings)
+            queue = Queue.from_settings(redis, api.settings, limiter, self.guard, api.name)
+            acker = Acker(queue, self.capacity)
+            caller = Caller(
+                api.settings,
+                http,
+                queue,
+                limiter,
+                self.guard,
+                self.metrics,
+                rng,
+                acker,
+                transport,
+                names,
+            )
+            self.lanes[api.name] = Lane(api, keys, limiter, queue, acker, caller)
+        default = self.lanes[DEFAULT]
+        self.keys, self.limiter, self.queue = default.keys, default.limiter, default.queue
+        self.consumers = Consumers(redis, self.keys, settings.consumer, self.guard)
         self._intake = anyio.CancelScope()
-        self._wake = anyio.Event()
         self.reader = Reader(
             settings,
-            self.queue,
+            self.lanes,
             self.capacity,
-            self.acker,
             start_calls=self._start_calls,
             bury_invalid=self._bury_invalid,
-            wake_dispatch=self._wake_dispatch,
             read_block_ms=read_block_ms,
+            routed=routed,
         )
         self._calls: TaskGroup | None = None
         # Grants go to long-lived caller tasks (one per call in flight, at most CONCURRENCY):
         # a task per call cost about 8 us of a worker's 0.24 ms of CPU per task (measured).
-        self._grants: tuple[MemoryObjectSendStream[Grant], MemoryObjectReceiveStream[Grant]]
+        self._grants: tuple[
+            MemoryObjectSendStream[tuple[Lane, Grant]],
+            MemoryObjectReceiveStream[tuple[Lane, Grant]],
+        ]
         self._callers = 0
         self.in_flight = 0
 
@@ -109,29 +124,37 @@ class Dispatcher:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as calls:
             self._calls = calls
-            self._grants = anyio.create_memory_object_stream[Grant](math.inf)
+            self._grants = anyio.create_memory_object_stream[tuple[Lane, Grant]](math.inf)
             self._callers = 0
             # One scope for start-up and the loops: a stop while Redis is still unreachable at
             # start-up ends the worker just as well.
             with self._intake:
                 await self.guard.run(self.queue.ensure_group, "creating the consumer group")
                 log.info(
-                    "worker %s started on %s (group %s), limits %s%s, concurrency %d",
+                    "worker %s started on %s (group %s), concurrency %d",
                     self.queue.consumer,
                     self.keys.stream,
                     self.keys.group,
-                    self.limiter.limits,
-                    f", at most {self.limiter.max_in_flight} in flight across the fleet"
-                    if self.limiter.max_in_flight
-                    else "",
                     self._settings.concurrency,
                 )
+                for lane in self.lanes.values():
+                    limiter = lane.limiter
+                    log.info(
+                        "API %s: %s, limits %s%s",
+                        lane.name,
+                        mask_url(lane.caller.base_url),
+                        limiter.limits,
+                        f", at most {limiter.max_in_flight} in flight across the fleet"
+                        if limiter.max_in_flight
+                        else "",
+                    )
                 task_status.started()
                 self.running = True
                 try:
                     async with anyio.create_task_group() as loops:
                         loops.start_soon(self.reader.run)
-                        loops.start_soon(self._dispatch_loop)
+                        for lane in self.lanes.values():
+                            loops.start_soon(self._dispatch_loop, lane)
                         loops.start_soon(self._reclaim_loop)
                 finally:
                     self.running = False
@@ -165,38 +188,37 @@ class Dispatcher:
     async def _recreate_group(self) -> None:
         await self.queue.ensure_group()
 
-    def _wake_dispatch(self) -> None:
-        self._wake.set()
-
     async def _bury_invalid(self, entry_id: str, reason: str) -> bool:
-        return await self._caller.bury(
+        return await self.lanes[DEFAULT].caller.bury(
             entry_id, reason, "invalid", last_status="invalid", attempts=0
         )
 
-    # -- dispatching: index -> calls ------------------------------------------------------
+    # -- dispatching: an API's index -> calls ---------------------------------------------
 
-    async def _dispatch_loop(self) -> None:
+    async def _dispatch_loop(self, lane: Lane) -> None:
+        """Takes for one API: asleep while its limits are full, without delaying another's."""
+        acker, queue = lane.acker, lane.queue
         while True:
-            if self.reader.fast and time.monotonic() - self.reader.last_take < IDLE_POLL_SECONDS:
+            if lane.fast and time.monotonic() - self.reader.last_take < IDLE_POLL_SECONDS:
                 # The reader is busy on the fast path, and each of its takes looks at the index
                 # and the retries too: a take here would only compete with it for slots.
                 with anyio.move_on_after(IDLE_POLL_SECONDS):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
+                    await lane.wake.wait()
+                lane.wake = anyio.Event()
                 continue
             # Capacity, free or about to be: a success waiting to be recorded is recorded by
             # this take, and its call's capacity goes to the calls the take starts.
-            await self.capacity.wait_free(lambda: self.acker.waiting)
-            with self.acker.taking():
-                await self.acker.gather()
-                claim = self.acker.claim()
+            await self.capacity.wait_free(lambda: acker.waiting)
+            with acker.taking():
+                await acker.gather()
+                claim = acker.claim()
             want = claim.units + self.capacity.reserve(self._settings.concurrency)
             if not want and not claim.successes:
                 continue  # the reader took both first
             take = None
             try:
                 with anyio.move_on_after(SHIELD_SECONDS, shield=True):
-                    take = await self.queue.take(want, successes=claim.successes)
+                    take = await queue.take(want, successes=claim.successes)
             finally:
                 if take is None:
                     # Cut short after SHIELD_SECONDS (Redis stalled, away or refusing, or a
@@ -204,11 +226,11 @@ class Dispatcher:
                     # under our name and are reclaimed or read again by the next process of the
                     # same name. The successes hold their calls' capacity again.
                     claim.failed()
-                    self._start_calls([], want - claim.units)
+                    self._start_calls(lane, [], want - claim.units)
             if take is None:
                 continue
             claim.recorded(take.recorded)
-            self._start_calls(take.grants, want)
+            self._start_calls(lane, take.grants, want)
             if take.status is TakeStatus.GRANTED:
                 continue
             if take.status is TakeStatus.FULL:
@@ -218,39 +240,39 @@ class Dispatcher:
                 await anyio.sleep(max(take.wait or 0.0, 0.001))
             else:
                 if take.wait is None:
-                    self.reader.fast = True  # nothing in the index, no backoff pending
+                    lane.fast = True  # nothing in the index, no backoff pending
                 timeout = IDLE_POLL_SECONDS
                 if take.wait is not None:
                     timeout = min(timeout, take.wait)
                 with anyio.move_on_after(timeout):
-                    await self._wake.wait()
-                self._wake = anyio.Event()
+                    await lane.wake.wait()
+                lane.wake = anyio.Event()
 
-    def _start_calls(self, grants: Sequence[Grant], reserved: int) -> None:
+    def _start_calls(self, lane: Lane, grants: Sequence[Grant], reserved: int) -> None:
         """Start a call for each grant, on `reserved` capacity; the unused capacity goes back."""
         assert self._calls is not None
         if grants:
             self.metrics.slots_granted.inc(len(grants))
         for grant in grants:
             self.in_flight += 1
-            self._grants[0].send_nowait(grant)
+            self._grants[0].send_nowait((lane, grant))
         while self._callers < self.in_flight:  # else an idle caller takes the grant
             self._callers += 1
             self._calls.start_soon(self._call_loop)
         self.capacity.release(reserved - len(grants))
 
     async def _call_loop(self) -> None:
-        async for grant in self._grants[1]:
-            await self._call(grant)
+        async for lane, grant in self._grants[1]:
+            await self._call(lane, grant)
 
-    async def _call(self, grant: Grant) -> None:
+    async def _call(self, lane: Lane, grant: Grant) -> None:
         self.metrics.in_flight.inc()
         # Capacity is held until the outcome is recorded, not only while the API answers: so a
         # worker never holds more than CONCURRENCY entries it has called and not yet recorded,
         # which bounds the calls repeated if it dies or its Redis connection hangs.
         hold = Hold(self.capacity)
         try:
-            await self._caller.call(grant, hold)
+            await lane.caller.call(grant, hold)
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()

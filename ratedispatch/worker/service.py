@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import resource
 import signal
+from collections.abc import Mapping
 
 import anyio
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
+from ..apis import Api
 from ..connection import MAX_CONNECTIONS, connect, socket_timeout_for
 from ..errors import ConfigError
 from ..ops import status
@@ -50,7 +52,8 @@ def open_files_for(concurrency: int) -> int:
     return needed
 
 
-async def run_worker(settings: Settings) -> None:
+async def run_worker(settings: Settings, apis: Mapping[str, Api] | None = None) -> None:
+    """The worker service; `apis`: the APIs of RATEDISPATCH_CONFIG (None: the default API)."""
     open_files_for(settings.concurrency)
     log.info("effective settings: %s", settings.described())
     redis = connect(
@@ -60,7 +63,9 @@ async def run_worker(settings: Settings) -> None:
     metrics = Metrics()
     transport = make_transport(settings)
     async with make_http_client(settings, transport) as http:
-        dispatcher = Dispatcher(settings, redis, http, metrics=metrics, transport=transport)
+        dispatcher = Dispatcher(
+            settings, redis, http, apis=apis, metrics=metrics, transport=transport
+        )
         server = None
         if settings.metrics_port:
             server = MetricsServer(metrics, dispatcher.health, settings.metrics_port)

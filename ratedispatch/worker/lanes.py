@@ -1,0 +1,44 @@
+"""A lane: one API's part of a worker. Its limits, its priority index and takes, its
+acknowledger and caller, and what its dispatch loop knows; the stream, the capacity and the
+reader are the worker's, shared by every lane.
+
+Each lane takes only for its own API, so an API without room never delays another's calls: its
+dispatch loop sleeps until its own limits have room, while the others go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+
+from ..apis import Api
+from ..keys import Keys
+from ..limits.limiter import Limiter
+from ..queue.queue import Queue
+from .acks import Acker
+from .calls import Caller
+
+
+@dataclass(eq=False)
+class Lane:
+    api: Api
+    keys: Keys
+    limiter: Limiter
+    queue: Queue
+    acker: Acker
+    caller: Caller
+    # True while the reader's last look found nothing waiting in this lane's index or for a
+    # backoff. False until the first look: a worker that starts on a backlog reads it in whole
+    # batches, so workers starting together do not split it in small reads and give slots to
+    # the best of their own share only.
+    fast: bool = False
+    wake: anyio.Event = field(default_factory=anyio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.api.name
+
+    def wake_dispatch(self) -> None:
+        """Its index has work: its dispatch loop takes."""
+        self.wake.set()
