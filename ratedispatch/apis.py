@@ -140,16 +140,24 @@ def _one_line(exc: ValidationError) -> str:
 
 
 def load_apis(
-    settings: Settings, path: Path | None, environ: Mapping[str, str] = os.environ
+    settings: Settings,
+    path: Path | None,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    tokens: bool = True,
 ) -> dict[str, Api]:
     """Every API, `default` first: from the environment's settings, and from the file at
-    `path` (RATEDISPATCH_CONFIG) when there is one. ConfigError if anything is wrong."""
+    `path` (RATEDISPATCH_CONFIG) when there is one. ConfigError if anything is wrong.
+    `tokens` False: leave them out (`status` reads no token, and may run where there are none)."""
     tables = read_config(path).apis if path is not None else {}
     where = f"{CONFIG_VARIABLE}={path}"
-    apis = {DEFAULT: Api(DEFAULT, _resolve(settings, DEFAULT, tables.get(DEFAULT), where, environ))}
-    for name, table in tables.items():
-        if name != DEFAULT:
-            apis[name] = Api(name, _resolve(settings, name, table, where, environ))
+    environ = environ if tokens else {}
+    apis = {}
+    for name in (DEFAULT, *(n for n in tables if n != DEFAULT)):
+        table = tables.get(name)
+        if table is not None and not tokens:
+            table = table.model_copy(update={"token_env": None, "token_file": None})
+        apis[name] = Api(name, _resolve(settings, name, table, where, environ))
     seen: dict[str, str] = {}
     for api in apis.values():
         other = seen.setdefault(api.settings.rate_key, api.name)

@@ -36,7 +36,7 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "status": (
         "redis_url", "stream", "group", "rate_key", "rate_limit", "rate_window_seconds",
         "limits", "max_in_flight", "http_timeout_seconds", "reclaim_idle_seconds",
-        "dead_letter_stream", "results_stream", *_LOG,
+        "dead_letter_stream", "results_stream", "config", *_LOG,
     ),
     "dead list": ("redis_url", "dead_letter_stream", *_LOG),
     "dead requeue": ("redis_url", "dead_letter_stream", "stream", *_LOG),
@@ -282,9 +282,12 @@ def _command(settings: Settings, args: argparse.Namespace) -> Callable[[Redis], 
 
         return do_enqueue
     if args.command == "status":
+        known = load_apis(settings, settings.config, tokens=False) if settings.config else None
 
         async def do_status(redis: Redis) -> int:
-            await admin.show_status(redis, settings, as_json=args.json, watch=args.watch, out=out)
+            await admin.show_status(
+                redis, settings, as_json=args.json, watch=args.watch, out=out, apis=known
+            )
             return 0
 
         return do_status

@@ -163,3 +163,22 @@ def test_a_worker_with_a_bad_config_file_exits_2_with_one_line_naming_the_table_
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert f"RATEDISPATCH_CONFIG={config}: [apis.github] limits='5000/1x'" in err
+
+
+def test_status_shows_every_api_of_the_config_file_without_their_tokens(
+    redis_server: RedisServer,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = tmp_path / "apis.toml"
+    config.write_text(
+        '[apis.github]\nbase_url = "https://api.github.com"\nlimits = "5000/1h"\n'
+        'token_env = "GITHUB_TOKEN"\n'  # not set where `status` runs: it reads no token
+    )
+    monkeypatch.setenv("RATEDISPATCH_CONFIG", str(config))
+    redis_sync.Redis.from_url(redis_server.url).flushall()
+    assert main(["status", "--json", "--redis-url", redis_server.url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [api["name"] for api in shown["apis"]] == ["default", "github"]
+    assert shown["apis"][1]["terms"][0]["term"] == "5000/1h"

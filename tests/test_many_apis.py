@@ -4,6 +4,7 @@ delays another's calls. Runs on fakeredis and on a real redis-server (the `redis
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -16,6 +17,7 @@ from redis.asyncio import Redis
 from ratedispatch import build_entry, enqueue
 from ratedispatch.apis import Api, load_apis
 from ratedispatch.keys import Keys
+from ratedispatch.ops.status import collect, render
 from ratedispatch.queue import read_stream
 from ratedispatch.queue.entries import as_text
 from ratedispatch.settings import Settings
@@ -120,6 +122,15 @@ async def test_an_api_without_room_never_delays_another(redis: Redis, tmp_path: 
     keys = Keys.from_settings(apis["slow"].settings, "slow")
     assert keys.index == "rate:external:api:slow:deferred"
     assert await redis.zcard(keys.index) >= 20 - slow.call_count - settings.concurrency
+    # `status` shows each API: its own backlog and limits.
+    status = await collect(redis, settings, apis)
+    default, slow_api = status.apis
+    assert (default.name, slow_api.name) == ("default", "slow")
+    assert slow_api.waiting["high"] == await redis.zcard(keys.index)
+    assert default.waiting == {"high": 0, "normal": 0, "low": 0}
+    assert [(t.term, t.limit) for t in slow_api.terms] == [("1/1s", 1)]
+    assert json.loads(status.to_json())["apis"][1]["name"] == "slow"
+    assert "api slow  waiting for a slot (high " in render(status)
 
 
 async def results_are(redis: Redis, settings: Settings, n: int) -> bool:

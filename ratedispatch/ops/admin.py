@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TextIO
@@ -16,6 +16,7 @@ from typing import TextIO
 import anyio
 from redis.asyncio import Redis
 
+from ..apis import Api
 from ..errors import ConfigError
 from ..keys import Keys
 from ..settings import Settings
@@ -28,10 +29,16 @@ HEADER = ("ID", "FAILED AT (UTC)", "STATUS", "ATTEMPTS", "ENDPOINT", "REASON")
 
 
 async def show_status(
-    redis: Redis, settings: Settings, *, as_json: bool, watch: bool, out: TextIO
+    redis: Redis,
+    settings: Settings,
+    *,
+    as_json: bool,
+    watch: bool,
+    out: TextIO,
+    apis: Mapping[str, Api] | None = None,
 ) -> None:
     while True:
-        snapshot = await status_mod.collect(redis, settings)
+        snapshot = await status_mod.collect(redis, settings, apis)
         text = snapshot.to_json() if as_json else status_mod.render(snapshot)
         if watch and not as_json:
             text = CLEAR + text + "\n(refreshing every second; Ctrl-C to stop)"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 
+from ..apis import DEFAULT, Api
 from ..keys import Keys
 from ..limits.limiter import IN_FLIGHT_TERM, Limiter, TermState
 from ..settings import Settings
@@ -25,6 +27,17 @@ class Consumer:
     pending: int  # entries it holds: in its calls, or read and not yet indexed
     idle_seconds: float
     likely_dead: bool  # idle past RECLAIM_IDLE_SECONDS while holding entries
+
+
+@dataclass(frozen=True, slots=True)
+class ApiStatus:
+    """One API of RATEDISPATCH_CONFIG: its own index, retries and limits."""
+
+    name: str
+    waiting: dict[str, int]  # for a slot, by priority
+    retrying: int  # waiting out a backoff
+    terms: list[TermState]
+    calls_in_flight: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +66,20 @@ class Status:
     terms: list[TermState] = field(default_factory=list)
     calls_in_flight: int = 0  # across the fleet, as the limits count them
     consumers: list[Consumer] = field(default_factory=list)
+    # With RATEDISPATCH_CONFIG: every API, `default` (the fields above) first. Else empty.
+    apis: list[ApiStatus] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-async def collect(redis: Redis, settings: Settings) -> Status:
-    """One consistent-enough snapshot (several reads, not one transaction)."""
+async def collect(
+    redis: Redis, settings: Settings, apis: Mapping[str, Api] | None = None
+) -> Status:
+    """One consistent-enough snapshot (several reads, not one transaction). `apis`: those of
+    RATEDISPATCH_CONFIG (ratedispatch/apis.py), each shown on its own besides `default`."""
+    if apis is not None and DEFAULT in apis:
+        settings = apis[DEFAULT].settings
     keys = Keys.from_settings(settings)
     limiter = Limiter.from_settings(redis, keys, settings)
     async with redis.pipeline(transaction=False) as pipe:
@@ -103,6 +123,24 @@ async def collect(redis: Redis, settings: Settings) -> Status:
         terms=limits.terms,
         calls_in_flight=limits.calls_in_flight,
         consumers=consumers,
+        apis=[await _api(redis, api) for api in (apis or {}).values()],
+    )
+
+
+async def _api(redis: Redis, api: Api) -> ApiStatus:
+    keys = Keys.from_settings(api.settings, api.name)
+    async with redis.pipeline(transaction=False) as pipe:
+        for rank in Priority:
+            pipe.zlexcount(keys.index, f"[{int(rank)}", f"({int(rank) + 1}")
+        pipe.zcard(keys.retry)
+        *by_rank, retrying = await pipe.execute()
+    limits = await Limiter.from_settings(redis, keys, api.settings).state()
+    return ApiStatus(
+        name=api.name,
+        waiting={p.label: int(n) for p, n in zip(Priority, by_rank, strict=True)},
+        retrying=int(retrying),
+        terms=limits.terms,
+        calls_in_flight=limits.calls_in_flight,
     )
 
 
@@ -161,6 +199,10 @@ def render(status: Status) -> str:
         *_term_lines(status.terms),
         f"dead     {status.dead_letters} dead letters;  results {results}",
     ]
+    for api in status.apis:
+        waiting = "  ".join(f"{p} {n}" for p, n in api.waiting.items())
+        lines.append(f"api {api.name}  waiting for a slot ({waiting}), {api.retrying} retrying")
+        lines += ["  " + line for line in _term_lines(api.terms)]
     if status.consumers:
         lines.append("consumers")
         width = max(len(c.name) for c in status.consumers)
