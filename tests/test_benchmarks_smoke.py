@@ -54,3 +54,21 @@ def test_the_limit_terms_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
     for row in rows:  # every figure was measured
         # A count, a count of a total, or a median with its lowest and highest.
         assert re.fullmatch(r"[\d,]+(\.\d+)?( of [\d,]+| \([\d.]+, [\d.]+\))? \|", row[2]), row
+
+
+def test_the_many_apis_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.apis", "--smoke", "--repeats", "1",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [
+        line.split(" | ")
+        for line in (tmp_path / "apis.md").read_text().splitlines()
+        if re.match(r"\| (?!figure|---)", line)
+    ]
+    assert len(rows) == 3
+    assert "alone" in rows[0][0] and "beside" in rows[1][0] and "beside ÷ alone" in rows[2][0]
+    for row in rows:  # every figure was measured
+        assert re.fullmatch(r"[\d.]+( \([\d.]+, [\d.]+\))? \|", row[2]), row
