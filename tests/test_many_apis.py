@@ -21,6 +21,7 @@ from ratedispatch.ops.status import collect, render
 from ratedispatch.queue import read_stream
 from ratedispatch.queue.entries import as_text
 from ratedispatch.settings import Settings
+from ratedispatch.worker.metrics import Metrics
 
 from .conftest import API, make_settings
 from .helpers import count_is, eventually, fields_of, running
@@ -131,6 +132,17 @@ async def test_an_api_without_room_never_delays_another(redis: Redis, tmp_path: 
     assert [(t.term, t.limit) for t in slow_api.terms] == [("1/1s", 1)]
     assert json.loads(status.to_json())["apis"][1]["name"] == "slow"
     assert "api slow  waiting for a slot (high " in render(status)
+    # The gauges too, labelled by API.
+    metrics = Metrics()
+    metrics.refresh(status)
+    waiting = metrics.registry.get_sample_value(
+        "ratedispatch_api_waiting", {"api": "slow", "priority": "high"}
+    )
+    assert waiting == slow_api.waiting["high"]
+    assert (
+        metrics.registry.get_sample_value("ratedispatch_api_limit", {"api": "slow", "term": "1/1s"})
+        == 1
+    )
 
 
 async def results_are(redis: Redis, settings: Settings, n: int) -> bool:

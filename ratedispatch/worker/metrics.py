@@ -107,6 +107,29 @@ class Metrics:
         self.window_limit = Gauge(
             "ratedispatch_window_limit", "Units per window of the first term (N)", registry=r
         )
+        # With RATEDISPATCH_CONFIG, every API's own: labelled by API (and term, or priority),
+        # never by anything that has one value per task or tenant.
+        self.api_waiting = Gauge(
+            "ratedispatch_api_waiting", "Tasks waiting for a slot, by API and priority",
+            ["api", "priority"], registry=r,
+        )  # fmt: skip
+        self.api_retrying = Gauge(
+            "ratedispatch_api_retrying", "Tasks waiting out a backoff, by API", ["api"],
+            registry=r,
+        )  # fmt: skip
+        self.api_term_used = Gauge(
+            "ratedispatch_api_limit_used", "Units busy in each limit term of each API",
+            ["api", "term"], registry=r,
+        )  # fmt: skip
+        self.api_term_limit = Gauge(
+            "ratedispatch_api_limit", "Each limit term's N (a paced term: B), by API",
+            ["api", "term"], registry=r,
+        )  # fmt: skip
+        self.api_term_frees_in = Gauge(
+            "ratedispatch_api_limit_frees_in_seconds",
+            "Seconds until each API's limit term's next busy unit frees (0: none is busy)",
+            ["api", "term"], registry=r,
+        )  # fmt: skip
 
     def call(self, outcome: str, http_status: int | None, seconds: float) -> None:
         self.calls.labels(outcome, status_class(http_status)).inc()
@@ -127,6 +150,14 @@ class Metrics:
             self.term_used.labels(term.term).set(term.used)
             self.term_limit.labels(term.term).set(term.limit)
             self.term_frees_in.labels(term.term).set(term.frees_in or 0.0)
+        for api in status.apis:
+            for priority, count in api.waiting.items():
+                self.api_waiting.labels(api.name, priority).set(count)
+            self.api_retrying.labels(api.name).set(api.retrying)
+            for term in api.terms:
+                self.api_term_used.labels(api.name, term.term).set(term.used)
+                self.api_term_limit.labels(api.name, term.term).set(term.limit)
+                self.api_term_frees_in.labels(api.name, term.term).set(term.frees_in or 0.0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -75,7 +75,7 @@ async def run_worker(settings: Settings, apis: Mapping[str, Api] | None = None) 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_stop_on_signal, dispatcher)
                 if server is not None:
-                    tg.start_soon(_refresh_gauges, metrics, redis, settings)
+                    tg.start_soon(_refresh_gauges, metrics, redis, settings, apis)
                 await dispatcher.run()
                 tg.cancel_scope.cancel()
         finally:
@@ -94,10 +94,12 @@ async def _stop_on_signal(dispatcher: Dispatcher) -> None:
             dispatcher.stop()
 
 
-async def _refresh_gauges(metrics: Metrics, redis: Redis, settings: Settings) -> None:
+async def _refresh_gauges(
+    metrics: Metrics, redis: Redis, settings: Settings, apis: Mapping[str, Api] | None
+) -> None:
     while True:
         try:
-            metrics.refresh(await status.collect(redis, settings))
+            metrics.refresh(await status.collect(redis, settings, apis))
         except (rexc.RedisError, OSError):
             log.debug("could not refresh the queue gauges", exc_info=True)
         await anyio.sleep(GAUGE_REFRESH_SECONDS)
