@@ -32,27 +32,32 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
-from .settings import ENV_PREFIX, Settings, check_base_url
+from .keys import Keys
+from .settings import ENV_PREFIX, Settings, check_base_url, mask_url
 from .terms import Limits
 
 DEFAULT = "default"
 # An API's name is an entry's `api` field, a metric label and part of key names: kept plain.
 API_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
+# A token goes into a header as it is: whitespace or a control character inside is a mistake.
+_UNSAFE_TOKEN = re.compile(r"[\x00-\x20\x7f]")
 
 
 class ApiTable(BaseModel):
     """One `[apis.NAME]` table: every key optional; what it leaves out comes from the
-    environment's settings (but a token, and for an API other than `default` its limits)."""
+    environment's settings (but a token, and for an API other than `default` its limits).
+    Strict: TOML has types, and `max_attempts = true` or `max_in_flight = "7"` is a mistake."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     base_url: str | None = None
     token_env: str | None = Field(None, min_length=1)
-    token_file: Path | None = None
+    token_file: Path | None = Field(None, strict=False)  # TOML has no path type
     limits: str | None = None
     max_in_flight: int | None = Field(None, ge=0, le=1_000_000)
-    http_timeout_seconds: float | None = Field(None, gt=0)
+    # An integer number of seconds is a float too (strict mode would refuse `30`).
+    http_timeout_seconds: float | None = Field(None, gt=0, strict=False)
     max_attempts: int | None = Field(None, ge=1)
     rate_key: str | None = Field(None, min_length=1)
 
@@ -70,7 +75,8 @@ class ApiTable(BaseModel):
 class ConfigFile(BaseSettings):
     """The file: its `apis` tables, read by pydantic-settings' TOML source."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+    # Case-sensitive: else `[APIS.x]` and `[apis.y]` fold into one key and a table is lost.
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, case_sensitive=True)
 
     apis: dict[str, ApiTable] = Field(default_factory=dict)
 
@@ -136,7 +142,10 @@ def _one_line(exc: ValidationError) -> str:
     if error.get("type") == "extra_forbidden":
         known = ", ".join(ApiTable.model_fields)
         return f"{table} {key}: not a key an API may have (known: {known})"
-    return f"{table} {key}={error.get('input')!r}: {message}"
+    value = error.get("input")
+    if isinstance(value, str):
+        value = mask_url(value)  # a base_url with a password in it
+    return f"{table} {key}={value!r}: {message}"
 
 
 def load_apis(
@@ -152,25 +161,33 @@ def load_apis(
     tables = read_config(path).apis if path is not None else {}
     where = f"{CONFIG_VARIABLE}={path}"
     environ = environ if tokens else {}
+    base = path.parent if path is not None else Path()
     apis = {}
     for name in (DEFAULT, *(n for n in tables if n != DEFAULT)):
         table = tables.get(name)
         if table is not None and not tokens:
             table = table.model_copy(update={"token_env": None, "token_file": None})
-        apis[name] = Api(name, _resolve(settings, name, table, where, environ))
-    seen: dict[str, str] = {}
+        apis[name] = Api(name, _resolve(settings, name, table, where, environ, base))
+    owner: dict[str, str] = {}
     for api in apis.values():
-        other = seen.setdefault(api.settings.rate_key, api.name)
-        if other != api.name:
-            raise ConfigError(
-                f"{where}: [apis.{api.name}] rate_key={api.settings.rate_key!r} is also the "
-                f"rate_key of [apis.{other}]: each API's keys are its own"
-            )
+        keys = Keys.from_settings(api.settings, api.name)
+        for key in (keys.rate, keys.flight, keys.terms, keys.index, keys.retry):
+            other = owner.setdefault(key, api.name)
+            if other != api.name:
+                raise ConfigError(
+                    f"{where}: [apis.{api.name}] its key {key!r} is also a key of "
+                    f"[apis.{other}]: each API's keys are its own (set its rate_key)"
+                )
     return apis
 
 
 def _resolve(
-    settings: Settings, name: str, table: ApiTable | None, where: str, environ: Mapping[str, str]
+    settings: Settings,
+    name: str,
+    table: ApiTable | None,
+    where: str,
+    environ: Mapping[str, str],
+    base: Path,
 ) -> Settings:
     if table is None:
         return settings
@@ -203,7 +220,7 @@ def _resolve(
         update["api_token"] = None  # never the environment's API_TOKEN
     if table.limits is not None:
         update["limits"] = table.limits
-    token = _token(table, at, environ)
+    token = _token(table, at, environ, base)
     if token is not None:
         update["api_token"] = SecretStr(token)
     timeout = update.get("http_timeout_seconds", settings.http_timeout_seconds)
@@ -216,20 +233,25 @@ def _resolve(
     return settings.model_copy(update=update)
 
 
-def _token(table: ApiTable, at: str, environ: Mapping[str, str]) -> str | None:
+def _token(table: ApiTable, at: str, environ: Mapping[str, str], base: Path) -> str | None:
+    """The API's token, never shown: from its variable, or its file (a relative path is the
+    config file's directory's)."""
     if table.token_env is not None:
-        token = environ.get(table.token_env, "").strip()
+        where, token = f"token_env={table.token_env!r}", environ.get(table.token_env, "").strip()
         if not token:
-            raise ConfigError(f"{at} token_env={table.token_env!r}: that variable is not set")
-        return token
-    if table.token_file is not None:
+            raise ConfigError(f"{at} {where}: that variable is not set")
+    elif table.token_file is not None:
+        path = base / table.token_file
+        where = f"token_file={str(path)!r}"
         try:
-            token = table.token_file.read_text(encoding="utf-8").strip()
+            token = path.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"{at} token_file={str(table.token_file)!r}: cannot be read ({type(exc).__name__})"
-            ) from None
+            raise ConfigError(f"{at} {where}: cannot be read ({type(exc).__name__})") from None
         if not token:
-            raise ConfigError(f"{at} token_file={str(table.token_file)!r}: the file is empty")
-        return token
-    return None
+            raise ConfigError(f"{at} {where}: the file is empty")
+    else:
+        return None
+    if _UNSAFE_TOKEN.search(token):
+        # It would make every request invalid, and the error would carry it into logs.
+        raise ConfigError(f"{at} {where}: the token has spaces, line breaks or control characters")
+    return token

@@ -117,7 +117,16 @@ def test_the_file_may_override_the_default_api(tmp_path: Path) -> None:
          "[apis.github] token_file='/no/such/file': cannot be read"),
         ('[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nrate_key = "k"\n'
          '[apis.b]\nbase_url = "https://b.example"\nlimits = "5/1s"\nrate_key = "k"\n',
-         "[apis.b] rate_key='k' is also the rate_key of [apis.a]"),
+         "[apis.b] its key 'k' is also a key of [apis.a]"),
+        ('[apis.terms]\nbase_url = "https://a.example"\nlimits = "5/1s"\n',
+         "[apis.terms] its key 'rate:external:api:terms' is also a key of [apis.default]"),
+        ('[APIS.x]\nbase_url = "https://a.example"\nlimits = "5/1s"\n'
+         '[apis.y]\nbase_url = "https://b.example"\nlimits = "5/1s"\n',
+         "APIS is not a table this file may have"),
+        ('[apis.github]\nbase_url = "https://a.example"\nlimits = "5/1s"\nmax_attempts = true\n',
+         "[apis.github] max_attempts=True"),
+        ('[apis.github]\nbase_url = "https://a.example"\nlimits = "5/1s"\nmax_in_flight = "7"\n',
+         "[apis.github] max_in_flight='7'"),
         ('[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nhttp_timeout_seconds = 90\n',
          "[apis.a] http_timeout_seconds=90 must be below RATEDISPATCH_RECLAIM_IDLE_SECONDS=60"),
         ("[apis.github\n", "not valid TOML: "),
@@ -134,3 +143,30 @@ def test_a_bad_file_is_one_line_naming_the_table_and_the_key(
 def test_a_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_apis(ENV, tmp_path / "nope.toml", {})
+
+
+def test_a_bad_value_in_an_error_line_has_its_password_masked(tmp_path: Path) -> None:
+    line = refused(tmp_path, '[apis.a]\nbase_url = "ftp://u:s3cret@a.example"\nlimits = "5/1s"\n')
+    assert "s3cret" not in line and "***" in line
+
+
+def test_a_token_with_a_line_break_is_refused_and_never_shown(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("first-s3cret\nsecond-s3cret\n")
+    line = refused(
+        tmp_path,
+        '[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\ntoken_file = "token"\n',
+    )
+    assert "line breaks" in line and "s3cret" not in line
+
+
+def test_a_relative_token_file_is_found_beside_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text("beside\n")
+    monkeypatch.chdir("/")
+    path = config(
+        tmp_path,
+        '[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\ntoken_file = "token"\n',
+    )
+    token = load_apis(ENV, path, {})["a"].settings.api_token
+    assert token is not None and token.get_secret_value() == "beside"

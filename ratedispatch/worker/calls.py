@@ -43,8 +43,10 @@ class Caller:
         acker: Acker,
         transport: httpx.AsyncBaseTransport | None = None,
         apis: frozenset[str] | None = None,
+        api: str = "default",
     ) -> None:
-        """`apis`: every API's name when entries name theirs (task.py: parse_entry)."""
+        """`apis`: every API's name when entries name theirs (task.py: parse_entry); `api`:
+        the one this caller calls."""
         self._settings = settings
         self._base_url = settings.require_api()
         self._token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -61,6 +63,7 @@ class Caller:
         self._metrics = metrics
         self._rng = rng
         self._apis = apis
+        self._api = api
 
     @property
     def base_url(self) -> str:
@@ -86,6 +89,15 @@ class Caller:
             )
         except InvalidTask as exc:
             await self._bury_uncalled(grant, exc.reason, "invalid")
+            return
+        if self._apis is not None and task.api != self._api:
+            # Indexed for this API by a worker with another RATEDISPATCH_CONFIG (or none): never
+            # call one API's task on another's URL, with its token, in its limits.
+            reason = (
+                f"indexed for API {self._api!r} but names API {task.api!r}: every worker of a "
+                "fleet needs the same RATEDISPATCH_CONFIG"
+            )
+            await self._bury_uncalled(grant, reason, "invalid")
             return
         refusal = self._limiter.limits.refusal(task.cost)
         if refusal is not None:  # indexed by a worker with other LIMITS

@@ -92,6 +92,7 @@ class Dispatcher:
                 acker,
                 transport,
                 names,
+                api.name,
             )
             self.lanes[api.name] = Lane(api, keys, limiter, queue, acker, caller)
         default = self.lanes[DEFAULT]
@@ -199,7 +200,7 @@ class Dispatcher:
         """Takes for one API: asleep while its limits are full, without delaying another's."""
         acker, queue = lane.acker, lane.queue
         while True:
-            if lane.fast and time.monotonic() - self.reader.last_take < IDLE_POLL_SECONDS:
+            if lane.fast and time.monotonic() - lane.last_take < IDLE_POLL_SECONDS:
                 # The reader is busy on the fast path, and each of its takes looks at the index
                 # and the retries too: a take here would only compete with it for slots.
                 with anyio.move_on_after(IDLE_POLL_SECONDS):

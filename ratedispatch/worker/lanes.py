@@ -33,6 +33,9 @@ class Lane:
     # batches, so workers starting together do not split it in small reads and give slots to
     # the best of their own share only.
     fast: bool = False
+    # time.monotonic() of the reader's last take for this API: while it is recent and the fast
+    # path open, the reader's takes also promote this API's due retries.
+    last_take: float = float("-inf")
     wake: anyio.Event = field(default_factory=anyio.Event)
 
     @property

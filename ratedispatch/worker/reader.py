@@ -58,7 +58,6 @@ class Reader:
         self._bury_invalid = bury_invalid
         # 0: poll instead of XREADGROUP BLOCK (the embedded fakeredis does not wake blocked reads)
         self._read_block_ms = read_block_ms
-        self.last_take = float("-inf")  # time.monotonic() of the reader's last take
         # Entries read and kept back (READ_ON): they come back with the reader's next read.
         self._carry: dict[Lane, Fresh] = {}
 
@@ -138,7 +137,10 @@ class Reader:
                 entries = await self._stream.read_new(count, block_ms)
                 # Nothing read: the takes record the successes all the same (else the reader
                 # would read again at once, and the writers it holds back would wait).
-                claims = {lane: lane.acker.claim() for lane in claiming if lane.acker.waiting}
+                # Every success waiting by now, also those that ended during the read.
+                claims = {
+                    lane: lane.acker.claim() for lane in self._lanes.values() if lane.acker.waiting
+                }
             if entries or self._carry or claims:
                 with anyio.move_on_after(SHIELD_SECONDS, shield=True):
                     # Entries just read are pending under our name: finish with them even when
@@ -171,7 +173,7 @@ class Reader:
         try:
             reserved += self._capacity.reserve(max(len(fresh) - claim.units, 0))
             if fresh or claim.successes:
-                self.last_take = time.monotonic()
+                lane.last_take = time.monotonic()
                 take = await lane.queue.take(
                     min(len(fresh), reserved),
                     fresh,
