@@ -10,6 +10,8 @@ import math
 import time
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 import respx
 from redis.asyncio import Redis
@@ -24,7 +26,7 @@ from ratedispatch.settings import Settings
 from ratedispatch.worker.metrics import Metrics
 
 from .conftest import API, make_settings
-from .helpers import count_is, eventually, fields_of, index_all, queue_for, running
+from .helpers import count_is, eventually, fields_of, running
 
 pytestmark = pytest.mark.anyio
 
@@ -167,18 +169,32 @@ def test_a_task_for_an_api_is_built_with_its_field() -> None:
         build_entry("/x", api="github", fields={"api": "other"})
 
 
-async def test_a_task_indexed_for_another_api_is_dead_lettered_not_called(
+async def test_an_apis_retry_is_not_held_back_by_another_apis_traffic(
     redis: Redis, tmp_path: Path
 ) -> None:
-    settings = make_settings()
-    apis = apis_for(settings, tmp_path, f'[apis.github]\nbase_url = "{GITHUB}"\nlimits = "5/1s"\n')
-    # A worker without the config file reads `api` as a query parameter: into the default index.
-    await redis.xadd(settings.stream, {"endpoint": "/repos", "api": "github"})
-    await index_all(queue_for(settings, redis))
-    with respx.mock(assert_all_called=False) as api:
-        route = api.route().respond(200)
+    settings = make_settings(rate_limit=1000, concurrency=4)
+    apis = apis_for(settings, tmp_path, f'[apis.other]\nbase_url = "{GITHUB}"\nlimits = "50/1s"\n')
+    await add(redis, settings, "/flaky", "other")
+    for n in range(120):
+        await add(redis, settings, f"/busy/{n}", None)
+    seen: list[tuple[str, float]] = []
+
+    async def busy(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(0.05)  # 120 calls, 4 at a time: the reader is busy for 1.5 s
+        seen.append(("busy", time.monotonic()))
+        return httpx.Response(200)
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        seen.append(("flaky", time.monotonic()))
+        return httpx.Response(503 if len([s for s in seen if s[0] == "flaky"]) == 1 else 200)
+
+    with respx.mock() as api:
+        api.get(f"{GITHUB}/flaky").mock(side_effect=flaky)
+        api.get(url__regex=rf"{API}/busy/\d+").mock(side_effect=busy)
         async with running(settings, redis, apis=apis):
-            await count_is(redis, settings.dead_letter_stream, 1)
-    assert route.call_count == 0  # neither on the default API's URL nor with its token
-    [letter] = await fields_of(redis, settings.dead_letter_stream)
-    assert "indexed for API 'default' but names API 'github'" in letter["reason"]
+            await count_is(redis, settings.results_stream, 121)
+    flaky_calls = [at for name, at in seen if name == "flaky"]
+    busy_calls = [at for name, at in seen if name == "busy"]
+    assert len(flaky_calls) == 2
+    # Its retry (a backoff of at most 50 ms) went out while the other API was still busy.
+    assert flaky_calls[1] < busy_calls[-1]

@@ -13,6 +13,14 @@ class Capacity:
     def __init__(self, concurrency: int) -> None:
         self._free = anyio.Semaphore(concurrency)
         self._freed = anyio.Event()
+        # The APIs (lanes) whose dispatch loop waits for capacity now, and how many waits each.
+        self._hungry: dict[str, int] = {}
+
+    def hungry_besides(self, api: str) -> bool:
+        """Another API's dispatch loop waits for capacity: a take for `api` then gives back the
+        capacity of the calls it records instead of starting calls on it, so that an API with a
+        long backlog does not keep the worker's capacity for itself as its calls end."""
+        return any(count and name != api for name, count in self._hungry.items())
 
     @property
     def free(self) -> int:
@@ -36,14 +44,20 @@ class Capacity:
         """Wake whoever waits in wait_free: what it counts may have changed."""
         self._freed.set()
 
-    async def wait_free(self, also: Callable[[], int] = lambda: 0) -> int:
+    async def wait_free(self, also: Callable[[], int] = lambda: 0, api: str = "") -> int:
         """Wait until some is free, or `also()` (capacity about to come back: calls whose
-        outcome a take can record) is above 0; returns the two together."""
-        while not self._free.value + also():
-            freed = self._freed
-            await freed.wait()
-            if self._freed is freed:  # else another waiter renewed it, and it may be set anew
-                self._freed = anyio.Event()
+        outcome a take can record) is above 0; returns the two together. `api`: the API whose
+        dispatch loop waits (see hungry_besides)."""
+        if not self._free.value + also():
+            self._hungry[api] = self._hungry.get(api, 0) + 1
+            try:
+                while not self._free.value + also():
+                    freed = self._freed
+                    await freed.wait()
+                    if self._freed is freed:  # else another waiter renewed it; may be set anew
+                        self._freed = anyio.Event()
+            finally:
+                self._hungry[api] -= 1
         return self._free.value + also()
 
 

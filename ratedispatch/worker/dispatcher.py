@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 import anyio
+import anyio.lowlevel
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -209,12 +210,20 @@ class Dispatcher:
                 continue
             # Capacity, free or about to be: a success waiting to be recorded is recorded by
             # this take, and its call's capacity goes to the calls the take starts.
-            await self.capacity.wait_free(lambda: acker.waiting)
+            await self.capacity.wait_free(lambda: acker.waiting, lane.name)
             with acker.taking():
                 await acker.gather()
                 claim = acker.claim()
-            want = claim.units + self.capacity.reserve(self._settings.concurrency)
-            if not want and not claim.successes:
+            if self.capacity.hungry_besides(lane.name):
+                # Another API waits for capacity: the successes' goes back once recorded, and
+                # this API starts no call until that one has had its turn.
+                reserved, want = claim.units, 0
+                if not claim.successes:
+                    await anyio.lowlevel.checkpoint()  # let it run: what is free is its
+                    continue
+            else:
+                reserved = want = claim.units + self.capacity.reserve(self._settings.concurrency)
+            if not reserved and not claim.successes:
                 continue  # the reader took both first
             take = None
             try:
@@ -227,11 +236,11 @@ class Dispatcher:
                     # under our name and are reclaimed or read again by the next process of the
                     # same name. The successes hold their calls' capacity again.
                     claim.failed()
-                    self._start_calls(lane, [], want - claim.units)
+                    self._start_calls(lane, [], reserved - claim.units)
             if take is None:
                 continue
             claim.recorded(take.recorded)
-            self._start_calls(lane, take.grants, want)
+            self._start_calls(lane, take.grants, reserved)
             if take.status is TakeStatus.GRANTED:
                 continue
             if take.status is TakeStatus.FULL:

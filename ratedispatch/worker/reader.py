@@ -171,11 +171,15 @@ class Reader:
     async def _take(self, lane: Lane, fresh: Fresh, claim: Claim, *, drained: bool) -> None:
         take, reserved = None, claim.units
         try:
-            reserved += self._capacity.reserve(max(len(fresh) - claim.units, 0))
+            want = 0
+            if not self._capacity.hungry_besides(lane.name):
+                reserved += self._capacity.reserve(max(len(fresh) - claim.units, 0))
+                want = min(len(fresh), reserved)
+            # else another API waits for capacity: the successes' goes back once recorded
             if fresh or claim.successes:
                 lane.last_take = time.monotonic()
                 take = await lane.queue.take(
-                    min(len(fresh), reserved),
+                    want,
                     fresh,
                     drained=drained,
                     keep=len(fresh) < READ_BATCH,
