@@ -26,7 +26,7 @@ from ratedispatch.settings import Settings
 from ratedispatch.worker.metrics import Metrics
 
 from .conftest import API, make_settings
-from .helpers import count_is, eventually, fields_of, running
+from .helpers import count_is, eventually, fields_of, index_all, queue_for, running
 
 pytestmark = pytest.mark.anyio
 
@@ -167,6 +167,26 @@ def test_a_task_for_an_api_is_built_with_its_field() -> None:
     assert build_entry("/x", api="github")["api"] == "github"
     with pytest.raises(ValueError, match="reserved"):
         build_entry("/x", api="github", fields={"api": "other"})
+
+
+async def test_a_task_indexed_for_another_api_is_dead_lettered_not_called(
+    redis: Redis, tmp_path: Path
+) -> None:
+    settings = make_settings()
+    apis = apis_for(settings, tmp_path, f'[apis.github]\nbase_url = "{GITHUB}"\nlimits = "5/1s"\n')
+    # A worker without the config file reads `api` as a query parameter: into the default index.
+    old_worker = queue_for(make_settings(consumer="old-worker"), redis)
+    await old_worker.ensure_group()
+    await redis.xadd(settings.stream, {"endpoint": "/repos", "api": "github"})
+    await index_all(old_worker)
+    assert await redis.zcard(Keys.from_settings(settings).index) == 1
+    with respx.mock(assert_all_called=False) as api:
+        route = api.route().respond(200)
+        async with running(settings, redis, apis=apis):
+            await count_is(redis, settings.dead_letter_stream, 1)
+    assert route.call_count == 0  # neither on the default API's URL nor with its token
+    [letter] = await fields_of(redis, settings.dead_letter_stream)
+    assert "indexed for API 'default' but names API 'github'" in letter["reason"]
 
 
 async def test_an_apis_retry_is_not_held_back_by_another_apis_traffic(

@@ -200,6 +200,7 @@ class Dispatcher:
     async def _dispatch_loop(self, lane: Lane) -> None:
         """Takes for one API: asleep while its limits are full, without delaying another's."""
         acker, queue = lane.acker, lane.queue
+        await self.reader.started.wait()
         while True:
             if lane.fast and time.monotonic() - lane.last_take < IDLE_POLL_SECONDS:
                 # The reader is busy on the fast path, and each of its takes looks at the index

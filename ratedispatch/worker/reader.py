@@ -60,6 +60,8 @@ class Reader:
         self._read_block_ms = read_block_ms
         # Entries read and kept back (READ_ON): they come back with the reader's next read.
         self._carry: dict[Lane, Fresh] = {}
+        # Set once the entries a previous process of our name left are indexed again.
+        self.started = anyio.Event()
 
     @property
     def fast(self) -> bool:
@@ -103,6 +105,9 @@ class Reader:
                 break
             after = entries[-1].id
             await self.index_held(entries, reread=True)
+        # Only now may the dispatch loops take: an entry a take hands to this consumer would
+        # else be read again above, indexed a second time and called twice.
+        self.started.set()
         while True:
             fast = self.fast and not self._carry
             if fast:
