@@ -18,6 +18,7 @@ from pathlib import Path
 from statistics import median
 from typing import cast
 
+from .report import spread, write_table
 from .stack import RESULTS, STREAM, Stack
 
 HERE = Path(__file__).parent
@@ -97,16 +98,11 @@ def main() -> None:
         (f"`fast` beside `slow` ({sizes.slow_limits}, {sizes.slow_tasks:,} high-priority tasks "
          "waiting): calls per second (median)", "-", f"{median(beside):.1f}"),
         (f"beside ÷ alone (median of {args.repeats} pairs; lowest, highest)", "≥ 0.9",
-         f"{median(ratios):.3f} ({min(ratios):.3f}, {max(ratios):.3f})"),
+         spread(ratios, ".3f")),
     ]  # fmt: skip
-    table = ["| figure | target | measured |", "| --- | --- | --- |"]
-    table += [f"| {name} | {target} | {measured} |" for name, target, measured in rows]
     command = "python -m benchmarks.apis" + (" --smoke" if args.smoke else "")
     command += f" --repeats {args.repeats}"
-    text = f"# Many APIs\n\n`{command}`\n\n" + "\n".join(table) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "apis.md").write_text(text)
-    print(text)
+    print(write_table(args.out / "apis.md", "Many APIs", command, rows))
 
 
 if __name__ == "__main__":

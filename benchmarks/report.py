@@ -1,10 +1,12 @@
-"""The results table (benchmarks/results.md) and the picture of the quota run's windows."""
+"""The results table (benchmarks/results.md), the tables of the other benchmarks, and the picture
+of the quota run's windows."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 from ratedispatch.devtools.audit import Call
 
@@ -50,6 +52,23 @@ def write_results(
         lines.append(f"| {f.name} | {f.target} | {f.shown} | {met} |")
     lines += ["", *notes, "", "![calls per 100 ms in the quota run](quota.png)", ""]
     path.write_text("\n".join(lines))
+
+
+def spread(values: Sequence[float], spec: str) -> str:
+    """The median of `values`, and their lowest and highest."""
+    low, high = min(values), max(values)
+    return f"{median(values):{spec}} ({low:{spec}}, {high:{spec}})"
+
+
+def write_table(path: Path, title: str, command: str, rows: Sequence[tuple[str, str, str]]) -> str:
+    """A benchmark's (figure, target, measured) rows as a Markdown table under its title and the
+    command that measured them, written to `path`; returns the text."""
+    table = ["| figure | target | measured |", "| --- | --- | --- |"]
+    table += [f"| {name} | {target} | {measured} |" for name, target, measured in rows]
+    text = f"# {title}\n\n`{command}`\n\n" + "\n".join(table) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
 
 
 def trailing_counts(times: Sequence[float], length: float) -> list[int]:

@@ -25,6 +25,7 @@ from statistics import median
 from ratedispatch.devtools.audit import Call, busiest, fullest_bucket
 from ratedispatch.terms import Limits
 
+from .report import spread, write_table
 from .scenarios import Sizes, span, throughput
 from .stack import RESULTS, Stack
 
@@ -140,12 +141,6 @@ def in_flight(sizes: TermSizes, cap: int = 8, latency: float = 0.1) -> dict[str,
     }
 
 
-def spread(values: list[float], spec: str) -> str:
-    """The median of `values`, and their lowest and highest."""
-    low, high = min(values), max(values)
-    return f"{median(values):{spec}} ({low:{spec}}, {high:{spec}})"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.terms")
     parser.add_argument("--smoke", action="store_true", help="a few seconds each")
@@ -220,17 +215,12 @@ def main() -> None:
         rows.append((f"{name}: worker CPU per task (ms, median)", "-",
                      f"{median(run['cpu_ms_per_task'] for run in runs):.3f}"))  # fmt: skip
     progress()
-    table = ["| figure | target | measured |", "| --- | --- | --- |"]
-    table += [f"| {name} | {target} | {measured} |" for name, target, measured in rows]
     command = "python -m benchmarks.terms" + (" --smoke" if args.smoke else "")
     if args.repeats != 1:
         command += f" --repeats {args.repeats}"
     if args.baseline:
         command += " --baseline <the code before the terms>"
-    text = f"# Limit terms\n\n`{command}`\n\n" + "\n".join(table) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "terms.md").write_text(text)
-    print(text)
+    print(write_table(args.out / "terms.md", "Limit terms", command, rows))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,20 @@ ROOT = Path(__file__).parent.parent
 pytestmark = pytest.mark.e2e
 
 
+def smoke_table(name: str, out: Path, *args: str) -> list[list[str]]:
+    """Run `python -m benchmarks.<name> --smoke` into `out`; the cells of its table's rows."""
+    run = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--smoke", *args, "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [
+        line.split(" | ")
+        for line in (out / f"{name}.md").read_text().splitlines()
+        if re.match(r"\| (?!figure|---)", line)
+    ]
+
+
 def test_the_benchmark_suite_runs_and_writes_its_table_and_picture(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp_path)],
@@ -38,16 +52,7 @@ def test_the_benchmark_suite_runs_and_writes_its_table_and_picture(tmp_path: Pat
 
 
 def test_the_limit_terms_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.terms", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    rows = [
-        line.split(" | ")
-        for line in (tmp_path / "terms.md").read_text().splitlines()
-        if re.match(r"\| (?!figure|---)", line)
-    ]
+    rows = smoke_table("terms", tmp_path)
     names = " ".join(row[0] for row in rows)
     for expected in ("two terms", "paced", "plain", "MAX_IN_FLIGHT", "three terms"):
         assert expected in names, (expected, names)
@@ -57,17 +62,7 @@ def test_the_limit_terms_benchmark_runs_and_writes_its_table(tmp_path: Path) -> 
 
 
 def test_the_many_apis_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.apis", "--smoke", "--repeats", "1",
-         "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    rows = [
-        line.split(" | ")
-        for line in (tmp_path / "apis.md").read_text().splitlines()
-        if re.match(r"\| (?!figure|---)", line)
-    ]
+    rows = smoke_table("apis", tmp_path, "--repeats", "1")
     assert len(rows) == 3
     assert "alone" in rows[0][0] and "beside" in rows[1][0] and "beside ÷ alone" in rows[2][0]
     for row in rows:  # every figure was measured

@@ -128,15 +128,25 @@ def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -
     configure("INFO", "text")
 
 
+def use_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, more: str, limits: str = "5000/1h"
+) -> Path:
+    """RATEDISPATCH_CONFIG naming a file with the API `github` (and `more` keys in its table)."""
+    config = tmp_path / "apis.toml"
+    config.write_text(
+        f'[apis.github]\nbase_url = "https://api.github.com"\nlimits = "{limits}"\n{more}'
+    )
+    monkeypatch.setenv("RATEDISPATCH_CONFIG", str(config))
+    return config
+
+
 def test_enqueue_for_an_api_that_the_config_file_names(
     redis_server: RedisServer,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = tmp_path / "apis.toml"
-    config.write_text('[apis.github]\nbase_url = "https://api.github.com"\nlimits = "5000/1h"\n')
-    monkeypatch.setenv("RATEDISPATCH_CONFIG", str(config))
+    use_config(tmp_path, monkeypatch, "")
     client = redis_sync.Redis.from_url(redis_server.url)
     client.delete("external:api:tasks:stream")
     assert main(["enqueue", "/repos", "--api", "github", "--redis-url", redis_server.url]) == 0
@@ -155,9 +165,7 @@ def test_enqueue_for_an_api_that_the_config_file_names(
 def test_a_worker_with_a_bad_config_file_exits_2_with_one_line_naming_the_table_and_key(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tmp_path / "apis.toml"
-    config.write_text('[apis.github]\nbase_url = "https://api.github.com"\nlimits = "5000/1x"\n')
-    monkeypatch.setenv("RATEDISPATCH_CONFIG", str(config))
+    config = use_config(tmp_path, monkeypatch, "", limits="5000/1x")
     monkeypatch.setenv("RATEDISPATCH_API_BASE_URL", "https://api.example.com")
     assert main(["worker"]) == 2
     err = capsys.readouterr().err
@@ -171,12 +179,8 @@ def test_status_shows_every_api_of_the_config_file_without_their_tokens(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    config = tmp_path / "apis.toml"
-    config.write_text(
-        '[apis.github]\nbase_url = "https://api.github.com"\nlimits = "5000/1h"\n'
-        'token_env = "GITHUB_TOKEN"\n'  # not set where `status` runs: it reads no token
-    )
-    monkeypatch.setenv("RATEDISPATCH_CONFIG", str(config))
+    # The token's variable is not set where `status` runs: it reads no token.
+    use_config(tmp_path, monkeypatch, 'token_env = "GITHUB_TOKEN"\n')
     redis_sync.Redis.from_url(redis_server.url).flushall()
     assert main(["status", "--json", "--redis-url", redis_server.url]) == 0
     shown = json.loads(capsys.readouterr().out)
