@@ -19,7 +19,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,15 @@ from pydantic_settings import (
 from .errors import ConfigError
 from .keys import Keys
 from .settings import ENV_PREFIX, Settings, check_base_url, mask_url
+from .task import MAX_KEY_LENGTH
 from .terms import Limits
 
 DEFAULT = "default"
 # An API's name is an entry's `api` field, a metric label and part of key names: kept plain.
 API_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
+# Not an API name: `<RATE_KEY>:key:` is where the default API's keys live (queue/keyed.lua).
+RESERVED_NAME = "key"
 # A token goes into a header as it is: whitespace or a control character inside is a mistake.
 _UNSAFE_TOKEN = re.compile(r"[\x00-\x20\x7f]")
 
@@ -60,16 +63,30 @@ class ApiTable(BaseModel):
     http_timeout_seconds: float | None = Field(None, gt=0, strict=False)
     max_attempts: int | None = Field(None, ge=1)
     rate_key: str | None = Field(None, min_length=1)
+    key_field: str | None = None
+    key_limits: str | None = None
+    key_weights: dict[str, float] | None = Field(None, strict=False)  # TOML's 2 is an int
+    tokens_file: Path | None = Field(None, strict=False)
 
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return check_base_url(value)
 
-    @field_validator("limits")
+    @field_validator("limits", "key_limits")
     @classmethod
     def _limits(cls, value: str | None) -> str | None:
         return None if value is None else str(Limits.parse(value))
+
+    @field_validator("key_field")
+    @classmethod
+    def _key_field(cls, value: str | None) -> str | None:
+        return Settings.check_key_field(value)
+
+    @field_validator("key_weights")
+    @classmethod
+    def _key_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return None if value is None else Settings.check_key_weights(value)
 
 
 class ConfigFile(BaseSettings):
@@ -84,6 +101,11 @@ class ConfigFile(BaseSettings):
     @classmethod
     def _names(cls, apis: dict[str, ApiTable]) -> dict[str, ApiTable]:
         for name in apis:
+            if name == RESERVED_NAME:
+                raise ValueError(
+                    f"[apis.{name}]: {name!r} is reserved (the default API's keys are named "
+                    "<RATE_KEY>:key:...): choose another name"
+                )
             if not API_NAME.fullmatch(name):
                 raise ValueError(
                     f"[apis.{name}] is not a valid API name: expected lower-case letters, digits, "
@@ -96,6 +118,43 @@ class ConfigFile(BaseSettings):
 class Api:
     name: str
     settings: Settings  # the environment's, with what the API's table sets
+    # tokens_file: each key's own token (a key without one uses the API's). Never shown.
+    key_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+def default_api(settings: Settings) -> Api:
+    """The default API as the environment sets it, with its keys' tokens (TOKENS_FILE)."""
+    tokens = {}
+    if settings.tokens_file is not None:
+        tokens = read_key_tokens(settings.tokens_file, f"{ENV_PREFIX}TOKENS_FILE")
+    return Api(DEFAULT, settings, tokens)
+
+
+def read_key_tokens(path: Path, where: str) -> dict[str, str]:
+    """A tokens_file: `key=token` lines, spaces around either ignored (blank lines and `#`
+    comments skipped). ConfigError,
+    naming the line but never showing a token, if one is wrong."""
+    at = f"{where}={str(path)!r}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{at}: cannot be read ({type(exc).__name__})") from None
+    tokens: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, equals, token = line.partition("=")
+        key, token = key.strip(), token.strip()
+        if not equals or not token:
+            raise ConfigError(f"{at} line {number}: expected key=token")
+        if len(key) > MAX_KEY_LENGTH:
+            raise ConfigError(f"{at} line {number}: the key is over {MAX_KEY_LENGTH} characters")
+        if _UNSAFE_TOKEN.search(token):
+            raise ConfigError(f"{at} line {number}: the token has spaces or control characters")
+        if key in tokens:
+            raise ConfigError(f"{at} line {number}: key {key[:64]!r} has a token already")
+        tokens[key] = token
+    return tokens
 
 
 def read_config(path: Path) -> ConfigFile:
@@ -166,8 +225,18 @@ def load_apis(
     for name in (DEFAULT, *(n for n in tables if n != DEFAULT)):
         table = tables.get(name)
         if table is not None and not tokens:
-            table = table.model_copy(update={"token_env": None, "token_file": None})
-        apis[name] = Api(name, _resolve(settings, name, table, where, environ, base))
+            table = table.model_copy(
+                update={"token_env": None, "token_file": None, "tokens_file": None}
+            )
+        resolved = _resolve(settings, name, table, where, environ, base)
+        key_tokens = {}
+        if tokens and resolved.tokens_file is not None:
+            from_file = table is not None and table.tokens_file is not None
+            key_tokens = read_key_tokens(
+                resolved.tokens_file,
+                f"{where}: [apis.{name}] tokens_file" if from_file else f"{ENV_PREFIX}TOKENS_FILE",
+            )
+        apis[name] = Api(name, resolved, key_tokens)
     owner: dict[str, str] = {}
     for api in apis.values():
         keys = Keys.from_settings(api.settings, api.name)
@@ -200,6 +269,9 @@ def _resolve(
             ("max_in_flight", table.max_in_flight),
             ("http_timeout_seconds", table.http_timeout_seconds),
             ("max_attempts", table.max_attempts),
+            ("key_field", table.key_field),
+            ("key_limits", table.key_limits),
+            ("key_weights", table.key_weights),
         )
         if value is not None
     }
@@ -218,8 +290,20 @@ def _resolve(
         update["api_base_url"] = table.base_url
         update["rate_key"] = table.rate_key or f"{settings.rate_key}:{name}"
         update["api_token"] = None  # never the environment's API_TOKEN
+        # The environment's keys are the default API's entries' own: none of them is inherited.
+        update.setdefault("key_field", None)
+        update.setdefault("key_limits", None)
+        update.setdefault("key_weights", {})
     if table.limits is not None:
         update["limits"] = table.limits
+    key_field = update.get("key_field", settings.key_field if name == DEFAULT else None)
+    for setting in ("key_limits", "key_weights", "tokens_file"):
+        if getattr(table, setting) is not None and key_field is None:
+            raise ConfigError(f"{at} sets {setting} but no key_field: whose key would it be?")
+    if table.tokens_file is not None:
+        update["tokens_file"] = base / table.tokens_file
+    elif name != DEFAULT:
+        update["tokens_file"] = None  # never the default API's keys' tokens
     token = _token(table, at, environ, base)
     if token is not None:
         update["api_token"] = SecretStr(token)

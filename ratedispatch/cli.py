@@ -17,7 +17,7 @@ from redis import exceptions as rexc
 from redis.asyncio import Redis
 
 from . import logs
-from .apis import DEFAULT, load_apis, read_config
+from .apis import DEFAULT, default_api, load_apis, read_config
 from .connection import connect
 from .errors import ConfigError, InvalidTask, RatedispatchError
 from .ops import admin
@@ -36,7 +36,7 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "status": (
         "redis_url", "stream", "group", "rate_key", "rate_limit", "rate_window_seconds",
         "limits", "max_in_flight", "http_timeout_seconds", "reclaim_idle_seconds",
-        "dead_letter_stream", "results_stream", "config", *_LOG,
+        "dead_letter_stream", "results_stream", "config", "key_field", "key_limits", *_LOG,
     ),
     "dead list": ("redis_url", "dead_letter_stream", *_LOG),
     "dead requeue": ("redis_url", "dead_letter_stream", "stream", *_LOG),
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             apis = load_apis(settings, settings.config) if settings.config else None
             # The default API is always there: tasks that name no API are for it.
-            (apis[DEFAULT].settings if apis else settings).require_api()
+            (apis[DEFAULT] if apis else default_api(settings)).settings.require_api()
             anyio.run(run_worker, settings, apis)
             return 0
         return _with_redis(settings, args)

@@ -26,6 +26,8 @@ class Keys:
     index: str
     retry: str  # the retry index: tasks waiting out their backoff, by due time (Redis ms)
     waiting_consumer: str  # the group consumer that holds every indexed entry
+    # With a key_field: the prefix of the keys' indexes, limits and turns (queue/keyed.lua).
+    keyed: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, api: str = "default") -> Keys:
@@ -46,4 +48,11 @@ class Keys:
             index=f"{prefix}deferred",
             retry=f"{prefix}retry",
             waiting_consumer="ratedispatch:waiting",
+            keyed=f"{settings.rate_key}:" if settings.key_field else None,
         )
+
+    def keyed_name(self, name: str) -> str:
+        """`ready:0`, `backlog`, ... under the keyed prefix (queue/keyed.lua names them)."""
+        if self.keyed is None:
+            raise ValueError("this API has no key_field")
+        return self.keyed + name

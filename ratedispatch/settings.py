@@ -12,9 +12,12 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .task import RESERVED
 from .terms import Limits
 
 ENV_PREFIX = "RATEDISPATCH_"
+# A key_field names a field of the producer's own, not one that steers the call.
+KEY_FIELD_RESERVED = RESERVED | {"api"}
 
 
 def _default_consumer() -> str:
@@ -98,6 +101,12 @@ class Settings(BaseSettings):
     max_waiting: int = Field(100_000, ge=1)
     # The TOML file that names more APIs (ratedispatch/apis.py); unset: the default API alone.
     config: Path | None = None
+    # Many tenants (docs/configuration.md): the entry field whose value is a task's key, the
+    # limits of each key, each key's share (TOML only), and a file of `key=token` lines.
+    key_field: str | None = None
+    key_limits: str | None = None
+    key_weights: dict[str, float] = Field(default_factory=dict)
+    tokens_file: Path | None = None
 
     @field_validator("log_level", "log_format", "http_transport", mode="before")
     @classmethod
@@ -119,12 +128,37 @@ class Settings(BaseSettings):
     def _api_base_url(cls, value: str | None) -> str | None:
         return check_base_url(value)
 
-    @field_validator("limits")
+    @field_validator("limits", "key_limits")
     @classmethod
     def _limits(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
         return str(Limits.parse(value))
+
+    @field_validator("key_field")
+    @classmethod
+    def check_key_field(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= len(value) <= 64:
+            raise ValueError("expected a field name of 1 to 64 characters")
+        if value is not None and value in KEY_FIELD_RESERVED:
+            raise ValueError(
+                f"{value!r} is a field ratedispatch reads itself: name a field of your own "
+                "(tenant_id, account, user_id)"
+            )
+        return value
+
+    @field_validator("key_weights")
+    @classmethod
+    def check_key_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, weight in value.items():
+            if not (0 < weight <= 1_000_000):
+                raise ValueError(f"the weight of key {key[:64]!r} must be above 0 and at most 1e6")
+        return value
+
+    @property
+    def key_terms(self) -> Limits | None:
+        """KEY_LIMITS' terms; None when unset."""
+        return None if self.key_limits is None else Limits.parse(self.key_limits)
 
     @property
     def limit_terms(self) -> Limits:
@@ -143,6 +177,12 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}RATE_WINDOW_SECONDS: set {ENV_PREFIX}"
                 f"{sorted(replaced)[0].upper()} as a term of LIMITS instead (e.g. "
                 f'LIMITS="100/1m, 10000/1d")'
+            )
+        keyed = {"key_limits", "key_weights", "tokens_file"} & self.model_fields_set
+        if self.key_field is None and keyed:
+            raise ValueError(
+                f"{ENV_PREFIX}{sorted(keyed)[0].upper()} needs {ENV_PREFIX}KEY_FIELD: the entry "
+                "field whose value is a task's key"
             )
         if self.reclaim_idle_seconds <= self.http_timeout_seconds:
             raise ValueError(

@@ -17,6 +17,8 @@ from .errors import InvalidTask
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 USER_AGENT = ("User-Agent", f"ratedispatch/{version('ratedispatch')}")
+# A key names a tenant, user or account: it becomes part of Redis key names and status lines.
+MAX_KEY_LENGTH = 200
 # Fields the dispatcher interprets; every other field is a query parameter.
 RESERVED = frozenset(
     {"endpoint", "method", "priority", "body", "headers", "idempotency_key", "cost"}
@@ -79,6 +81,8 @@ class Task:
     idempotency_key: str = ""
     cost: int = 1  # the units its call counts against every limit term
     api: str = "default"  # the API it is for (ratedispatch/apis.py)
+    # Its value of the API's key_field ("" without the field); None: the API has no key_field.
+    key: str | None = None
 
 
 def _decode(value: bytes | str, what: str) -> str:
@@ -219,10 +223,12 @@ def parse_entry(
     *,
     max_body_bytes: int = 1_048_576,
     apis: Collection[str] | None = None,
+    key_fields: Mapping[str, str] | None = None,
 ) -> Task:
     """Validate one stream entry (docs/reference.md, Entry fields); raises InvalidTask with the
     reason. `apis`: the APIs the fleet calls, when a config file names them; then the field
-    `api` names one of them (else it is a query parameter, as it always was)."""
+    `api` names one of them (else it is a query parameter, as it always was). `key_fields`: the
+    key_field of each API that has one."""
     if len(fields) > MAX_FIELDS:
         raise InvalidTask(f"the entry has {len(fields)} fields; at most {MAX_FIELDS} are accepted")
     values: dict[str, str] = {}
@@ -247,6 +253,14 @@ def parse_entry(
         if api not in apis:
             known = ", ".join(sorted(apis))
             raise InvalidTask(f"no API is named {api[:64]!r}: the known ones are {known}")
+    key_field = (key_fields or {}).get(api)
+    task_key = None
+    if key_field is not None:
+        task_key = values.get(key_field, "")
+        if len(task_key) > MAX_KEY_LENGTH:
+            raise InvalidTask(
+                f"{key_field!r} (the key_field of API {api!r}) is over {MAX_KEY_LENGTH} characters"
+            )
     query = tuple((k, v) for k, v in values.items() if k not in RESERVED)
     return Task(
         id=entry_id,
@@ -259,6 +273,7 @@ def parse_entry(
         idempotency_key=key,
         cost=cost,
         api=api,
+        key=task_key,
     )
 
 

@@ -27,7 +27,7 @@ STATUS_FIELDS = {
     "stream", "group", "group_exists", "stream_length", "not_delivered", "pending", "waiting",
     "retrying", "in_flight", "dead_letters", "results", "window_used", "window_limit",
     "window_resets_in", "slots_busy", "slot_frees_in", "terms", "calls_in_flight", "consumers",
-    "apis",
+    "apis", "keys",
 }  # fmt: skip
 
 

@@ -129,6 +129,20 @@ def test_the_file_may_override_the_default_api(tmp_path: Path) -> None:
          "[apis.github] max_in_flight='7'"),
         ('[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nhttp_timeout_seconds = 90\n',
          "[apis.a] http_timeout_seconds=90 must be below RATEDISPATCH_RECLAIM_IDLE_SECONDS=60"),
+        ('[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nkey_limits = "5/0s"\n',
+         "[apis.a] key_limits='5/0s'"),
+        ('[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nkey_field = "priority"\n',
+         "[apis.a] key_field='priority': 'priority' is a field ratedispatch reads itself"),
+        ('[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nkey_field = "tenant"\n'
+         'key_weights = { gold = 0 }\n',
+         "[apis.a] key_weights={'gold': 0}: the weight of key 'gold' must be above 0"),
+        ('[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nkey_field = "t"\n'
+         'tokens_file = "/no/such/file"\n',
+         "[apis.a] tokens_file='/no/such/file': cannot be read"),
+        ('[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nkey_limits = "5/1s"\n',
+         "[apis.a] sets key_limits but no key_field"),
+        ('[apis.key]\nbase_url = "https://a.example"\nlimits = "5/1s"\n',
+         "[apis.key]: 'key' is reserved"),
         ("[apis.github\n", "not valid TOML: "),
         ("[workers]\nn = 1\n", "workers is not a table this file may have"),
         ("apis = 3\n", "apis: "),
@@ -170,3 +184,54 @@ def test_a_relative_token_file_is_found_beside_the_config_file(
     )
     token = load_apis(ENV, path, {})["a"].settings.api_token
     assert token is not None and token.get_secret_value() == "beside"
+
+
+def test_an_api_has_its_own_key_field_limits_weights_and_tokens(tmp_path: Path) -> None:
+    (tmp_path / "shops").write_text("# shop=token\nshop-1=tok-1\nshop-2 = tok-2\n")
+    path = config(
+        tmp_path,
+        """
+        [apis.shopify]
+        base_url = "https://shopify.example"
+        limits = "1000/1s"
+        key_field = "shop"
+        key_limits = "2/1s, 40/1m"
+        key_weights = { shop-1 = 3, shop-2 = 0.5 }
+        tokens_file = "shops"
+        """,
+    )
+    env = ENV.model_copy(update={"key_field": "tenant", "key_limits": "5/1s"})
+    apis = load_apis(env, path, {})
+    shopify = apis["shopify"]
+    assert shopify.settings.key_field == "shop"
+    assert str(shopify.settings.key_terms) == "2/1s, 40/1m"
+    assert shopify.settings.key_weights == {"shop-1": 3.0, "shop-2": 0.5}
+    assert shopify.key_tokens == {"shop-1": "tok-1", "shop-2": "tok-2"}
+    assert "tok-1" not in repr(shopify)
+    # The environment's key settings are the default API's own, never another's.
+    assert apis["default"].settings.key_field == "tenant"
+    path.write_text('[apis.plain]\nbase_url = "https://p.example"\nlimits = "5/1s"\n')
+    plain = load_apis(env, path, {})["plain"].settings
+    assert (plain.key_field, plain.key_limits, plain.key_weights) == (None, None, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("a=s3cr3t-1\na=s3cr3t-2\n", "line 2: key 'a' has a token already"),
+        ("s3cr3t-3\n", "line 1: expected key=token"),
+        ("a=\n", "line 1: expected key=token"),
+        ("a=s3cr3t 4\n", "line 1: the token has spaces or control characters"),
+    ],
+)
+def test_a_bad_tokens_file_names_the_line_and_never_shows_a_token(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    (tmp_path / "tokens").write_text(text)
+    line = refused(
+        tmp_path,
+        '[apis.a]\nbase_url = "https://a.example"\nlimits = "5/1s"\nkey_field = "t"\n'
+        'tokens_file = "tokens"\n',
+    )
+    assert says in line and "[apis.a] tokens_file=" in line
+    assert "s3cr3t" not in line

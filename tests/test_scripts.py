@@ -80,10 +80,10 @@ def test_includes_resolve_once_each_and_before_the_script() -> None:
 
 async def test_a_script_error_names_the_file_and_its_own_line(redis: Redis) -> None:
     take = TAKE.on(redis)
-    answer = ("1-0", 200, 1, 1, "1", 1, 0)
+    answer = ("1-0", 200, 1, 1, "1", 1, 0, "")
     args = TakeArgs("w,5,1000", 0, 5, 0, "g", "me", "w", 10, 10, False, False, 1000, 0, False,
-                    "1-0", "1-0", 1, [answer])  # fmt: skip
-    bad = dataclasses.replace(args, successes_then_fresh=[(*answer[:6], "not a number")])  # type: ignore[list-item]
+                    "1-0", "1-0", 1, "", "", 0, False, [answer])  # fmt: skip
+    bad = dataclasses.replace(args, successes_then_fresh=[(*answer[:6], "not a number", "")])  # type: ignore[list-item]
     keys = TakeKeys("rate", "index", "retry", "s", "flight", "terms", "s")
     await redis.xgroup_create("s", "g", "0", mkstream=True)
     await take(keys, args)  # the good one runs

@@ -97,21 +97,35 @@ def tls_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+# docs/operations.md: with a key_field, the limits' three patterns become these two.
+KEYED_PATTERNS = ["~rate:external:api", "~rate:external:api:*"]
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "keyed"])
+def keyed(request: pytest.FixtureRequest) -> bool:
+    """With a key_field, and the ACL's patterns as docs/operations.md gives them for it."""
+    return bool(request.param)
+
+
 @pytest.fixture
-async def acl_url(tls_server: RedisServer) -> AsyncIterator[str]:
+async def acl_url(tls_server: RedisServer, keyed: bool) -> AsyncIterator[str]:
     assert tls_server.tls is not None
     ca = tls_server.tls[2]
     admin = connect(f"rediss://127.0.0.1:{tls_server.port}/0?ssl_ca_certs={ca}")
-    await cast(Any, admin).execute_command("ACL", "SETUSER", "dispatcher", *ACL_RULES)
+    rules = ACL_RULES
+    if keyed:
+        rules = [r for r in rules if not r.startswith("~rate:")] + KEYED_PATTERNS
+    await cast(Any, admin).execute_command("ACL", "SETUSER", "dispatcher", *rules)
     yield f"rediss://dispatcher:{PASSWORD}@127.0.0.1:{tls_server.port}/0?ssl_ca_certs={ca}"
     await admin.aclose()
 
 
 async def test_a_worker_runs_over_tls_as_a_least_privilege_acl_user(
-    acl_url: str, caplog: pytest.LogCaptureFixture
+    acl_url: str, keyed: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    settings = make_settings(redis_url=acl_url, api_token=TOKEN, max_attempts=2)
+    keys = {"key_field": "n", "key_limits": "5/1s"} if keyed else {}
+    settings = make_settings(redis_url=acl_url, api_token=TOKEN, max_attempts=2, **keys)
     redis = connect(acl_url)
     await add_tasks(redis, settings, "high", "normal")
     await redis.xadd(settings.stream, {"endpoint": "http://evil.example/"})

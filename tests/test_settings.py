@@ -133,3 +133,10 @@ def test_a_password_in_the_query_or_in_the_api_url_is_masked_too(
     shown = str(load_settings().described())
     assert "pw-456" not in shown and "pw-789" not in shown
     assert "https://me:***@api.example.com" in shown
+
+
+def test_key_settings_need_a_key_field() -> None:
+    with pytest.raises(ConfigError, match="RATEDISPATCH_KEY_LIMITS needs RATEDISPATCH_KEY_FIELD"):
+        load_settings(key_limits="5/1s")
+    with pytest.raises(ConfigError, match="'cost' is a field ratedispatch reads itself"):
+        load_settings(key_field="cost")

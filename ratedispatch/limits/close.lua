@@ -4,16 +4,21 @@
 -- full too when its window would end within the cooldown, so that `status` shows it closed; a
 -- longer window (`20000/1d`) is left alone: closing it would stop the fleet for the rest of it.
 --
--- KEYS[1] rate: the fixed-window counter (RATE_KEY)
+-- A key's limits (queue/keyed.lua: a 429 to a call that carried the key's own token) close the
+-- same way; they have no counter.
+--
+-- KEYS[1] rate: the fixed-window counter (RATE_KEY; for a key's limits, its terms again)
 -- KEYS[2] terms: the limit terms' state
 -- ARGV[1] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
 -- ARGV[2] cooldown_ms: how long to close them for, at least
+-- ARGV[3] counter: 1 when KEYS[1] is the counter, 0 for a key's limits
 -- Returns the ms they are now closed for (a longer cooldown already set stays).
 --
 -- include: lua/clock.lua
 -- include: limits/limits.lua
 local rate, terms = KEYS[1], KEYS[2]
 local cooldown_ms = tonumber(ARGV[2])
+if ARGV[3] ~= '1' then rate = nil end
 local now = now_ms()
 local L = limits_open(rate, nil, terms, ARGV[1], 0, now)
 L.closed = math.max(L.closed, now + cooldown_ms)

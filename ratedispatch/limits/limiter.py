@@ -38,6 +38,7 @@ class CloseKeys:
 class CloseArgs:
     limits: str
     cooldown_ms: int
+    counter: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +103,17 @@ class Limiter:
         *,
         max_in_flight: int = 0,
         call_deadline_seconds: float,
+        key_limits: Limits | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self.limits = limits
         self.spec = limits.encoded()
         self.max_cost = limits.max_cost
+        # KEY_LIMITS, applied to each key on top of `limits` (queue/keyed.lua).
+        self.key_limits = key_limits
+        self.key_spec = key_limits.encoded() if key_limits is not None else ""
+        self.key_max_cost = key_limits.max_cost if key_limits is not None else 0
         self.max_in_flight = max_in_flight
         self.deadline_ms = math.ceil((call_deadline_seconds + FLIGHT_MARGIN_SECONDS) * 1000)
         self._close = CLOSE.on(redis)
@@ -121,14 +127,31 @@ class Limiter:
             settings.limit_terms,
             max_in_flight=settings.max_in_flight,
             call_deadline_seconds=settings.http_timeout_seconds,
+            key_limits=settings.key_terms,
         )
 
-    async def close_for(self, seconds: float) -> float:
-        """Close the limits for every worker for at least `seconds`; returns the seconds set."""
+    def refusal(self, cost: int) -> str | None:
+        """Why no term, of LIMITS or of KEY_LIMITS, could ever grant a call of `cost`."""
+        refusal = self.limits.refusal(cost)
+        if refusal is None and self.key_limits is not None:
+            refusal = self.key_limits.refusal(cost)
+            if refusal is not None:
+                refusal = f"key_limits: {refusal}"
+        return refusal
+
+    async def close_for(self, seconds: float, key: str | None = None) -> float:
+        """Close the limits for every worker for at least `seconds` (with `key`: that key's
+        key_limits only); returns the seconds set."""
         ms = max(1, math.ceil(seconds * 1000))
-        closed = await self._close(
-            CloseKeys(self._keys.rate, self._keys.terms), CloseArgs(self.spec, ms)
-        )
+        if key is not None:
+            if self._keys.keyed is None or self.key_limits is None:
+                raise ValueError("only an API with key_field and key_limits has a key's limits")
+            terms = f"{self._keys.keyed}key:{key}:terms"  # queue/keyed.lua: keyed_terms
+            args = CloseArgs(self.key_spec, ms, False)
+            closed = await self._close(CloseKeys(terms, terms), args)
+        else:
+            args = CloseArgs(self.spec, ms, True)
+            closed = await self._close(CloseKeys(self._keys.rate, self._keys.terms), args)
         return int(closed) / 1000
 
     async def state(self) -> LimitsState:

@@ -25,8 +25,8 @@ local FLIGHT_POLL_MS = 5
 -- The hash outlives its last refresh by twice its longest term and this much.
 local LIMITS_IDLE_MS = 3600000
 
-local function limits_terms(spec)
-  local terms, counter = {}, true
+local function limits_terms(spec, counter)
+  local terms = {}
   for text in string.gmatch(spec, '[^;]+') do
     local kind, n, d, b = string.match(text, '^([wp]),(%d+),(%d+),?(%d*)$')
     if kind == nil then error('not a limit term: ' .. text) end
@@ -48,10 +48,13 @@ local function limits_terms(spec)
 end
 
 -- Read the state of every term.  `answered_at`: the times of the answers this script records,
--- whose bucket fields are read too, so that they can be written back in the one HSET.
-local function limits_open(rate, flight, hash, spec, cap, now, answered_at)
+-- whose bucket fields are read too, so that they can be written back in the one HSET.  Without
+-- `rate` there is no fixed-window counter (a key's limits: queue/keyed.lua).  `idle_ms`: how long
+-- the hash outlives an idle spell beyond its terms (LIMITS_IDLE_MS when nil).
+local function limits_open(rate, flight, hash, spec, cap, now, answered_at, idle_ms)
   local L = {rate = rate, flight_key = flight, hash = hash, cap = cap, now = now,
-             terms = limits_terms(spec), known = {}, hset = {}, hincr = {}, hdel = {}}
+             terms = limits_terms(spec, rate ~= nil), known = {}, hset = {}, hincr = {},
+             hdel = {}, idle = idle_ms or LIMITS_IDLE_MS}
   local fields = {'calls'}
   for _, term in ipairs(L.terms) do fields[#fields + 1] = term.field end
   local seen = {}
@@ -76,7 +79,7 @@ local function limits_open(rate, flight, hash, spec, cap, now, answered_at)
   -- Refresh the hash's TTL now and then, not at every write: it only has to outlive an idle spell.
   if L.now >= L.ttl_at then
     L.refresh = true
-    L.ttl_at = L.now + LIMITS_IDLE_MS / 2
+    L.ttl_at = L.now + math.floor(L.idle / 2)
     L.calls_dirty = true
   end
   for i, term in ipairs(L.terms) do
@@ -291,7 +294,7 @@ local function limits_flush(L)
       longest = math.max(longest, term.d)
       if term.kind == 'p' then ahead = math.max(ahead, term.tat - L.now) end
     end
-    redis.call('PEXPIRE', L.hash, math.ceil(2 * longest + ahead + LIMITS_IDLE_MS))
+    redis.call('PEXPIRE', L.hash, math.ceil(2 * longest + ahead + L.idle))
   end
 end
 
@@ -317,10 +320,10 @@ local function limits_answers(now, calls)
 end
 
 -- An answer script's whole part in the limits (limits_answers says what `calls` holds).
-local function limits_record(flight, hash, spec, now, calls)
+local function limits_record(flight, hash, spec, now, calls, idle_ms)
   local answers, times = limits_answers(now, calls)
   if #answers == 0 then return end
-  local L = limits_open(nil, flight, hash, spec, 0, now, times)
+  local L = limits_open(nil, flight, hash, spec, 0, now, times, idle_ms)
   limits_settle(L, answers)
   limits_flush(L)
 end

@@ -29,6 +29,26 @@ class Consumer:
     likely_dead: bool  # idle past RECLAIM_IDLE_SECONDS while holding entries
 
 
+# The busiest keys `status` shows, at most.
+BUSIEST_KEYS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class KeyBacklog:
+    key: str
+    waiting: int  # tasks waiting for a slot
+
+
+@dataclass(frozen=True, slots=True)
+class KeysStatus:
+    """The keys of an API with a key_field (queue/keyed.lua)."""
+
+    field: str  # the key_field
+    waiting: int  # keys with tasks waiting for a slot
+    without_room: int  # of those, keys whose own key_limits have no room now
+    busiest: list[KeyBacklog]  # the keys with the most waiting tasks, most first
+
+
 @dataclass(frozen=True, slots=True)
 class ApiStatus:
     """One API of RATEDISPATCH_CONFIG: its own index, retries and limits."""
@@ -38,6 +58,7 @@ class ApiStatus:
     retrying: int  # waiting out a backoff
     terms: list[TermState]
     calls_in_flight: int
+    keys: KeysStatus | None = None  # with a key_field
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,7 @@ class Status:
     consumers: list[Consumer] = field(default_factory=list)
     # With RATEDISPATCH_CONFIG: every API, `default` (the fields above) first. Else empty.
     apis: list[ApiStatus] = field(default_factory=list)
+    keys: KeysStatus | None = None  # the default API's, with a key_field
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -84,18 +106,14 @@ async def collect(
     limiter = Limiter.from_settings(redis, keys, settings)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xlen(keys.stream)
-        for rank in Priority:
-            # All members score 0 and start with their rank digit: a lexical range counts a rank.
-            pipe.zlexcount(keys.index, f"[{int(rank)}", f"({int(rank) + 1}")
         pipe.zcard(keys.retry)
         pipe.xlen(keys.dead)
         if keys.results:
             pipe.xlen(keys.results)
         replies = await pipe.execute()
-    length, *by_rank = replies[: 1 + len(Priority)]
-    retrying, dead = replies[1 + len(Priority) : 3 + len(Priority)]
+    length, retrying, dead = replies[:3]
     results = int(replies[-1]) if keys.results else None
-    waiting = {p.label: int(n) for p, n in zip(Priority, by_rank, strict=True)}
+    waiting = await _waiting(redis, keys)
     group, consumers = await _group(redis, keys, settings.reclaim_idle_seconds)
     limits = await limiter.state()
     first = limits.terms[0]
@@ -124,23 +142,52 @@ async def collect(
         calls_in_flight=limits.calls_in_flight,
         consumers=consumers,
         apis=[await _api(redis, api) for api in (apis or {}).values()],
+        keys=await _keys(redis, keys, settings),
     )
 
 
 async def _api(redis: Redis, api: Api) -> ApiStatus:
     keys = Keys.from_settings(api.settings, api.name)
-    async with redis.pipeline(transaction=False) as pipe:
-        for rank in Priority:
-            pipe.zlexcount(keys.index, f"[{int(rank)}", f"({int(rank) + 1}")
-        pipe.zcard(keys.retry)
-        *by_rank, retrying = await pipe.execute()
     limits = await Limiter.from_settings(redis, keys, api.settings).state()
     return ApiStatus(
         name=api.name,
-        waiting={p.label: int(n) for p, n in zip(Priority, by_rank, strict=True)},
-        retrying=int(retrying),
+        waiting=await _waiting(redis, keys),
+        retrying=int(await redis.zcard(keys.retry)),
         terms=limits.terms,
         calls_in_flight=limits.calls_in_flight,
+        keys=await _keys(redis, keys, api.settings),
+    )
+
+
+async def _waiting(redis: Redis, keys: Keys) -> dict[str, int]:
+    """The tasks waiting for a slot, by priority: in the index, and by key (queue/keyed.lua)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for rank in Priority:
+            # All members score 0 and start with their rank digit: a lexical range counts a rank.
+            pipe.zlexcount(keys.index, f"[{int(rank)}", f"({int(rank) + 1}")
+        if keys.keyed is not None:
+            pipe.hmget(keys.keyed_name("waiting"), [str(int(rank)) for rank in Priority])
+        replies = await pipe.execute()
+    by_rank = [int(n) for n in replies[: len(Priority)]]
+    if keys.keyed is not None:
+        # Counted by the scripts as tasks come and go: never below 0 after an operator's edit.
+        by_rank = [n + max(0, int(k or 0)) for n, k in zip(by_rank, replies[-1], strict=True)]
+    return {p.label: n for p, n in zip(Priority, by_rank, strict=True)}
+
+
+async def _keys(redis: Redis, keys: Keys, settings: Settings) -> KeysStatus | None:
+    if keys.keyed is None or settings.key_field is None:
+        return None
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(keys.keyed_name("backlog"))
+        pipe.zcard(keys.keyed_name("sleeping"))
+        pipe.zrevrange(keys.keyed_name("backlog"), 0, BUSIEST_KEYS - 1, withscores=True)
+        active, sleeping, busiest = await pipe.execute()
+    return KeysStatus(
+        field=settings.key_field,
+        waiting=int(active),
+        without_room=int(sleeping),
+        busiest=[KeyBacklog(_text(key), int(n)) for key, n in busiest],
     )
 
 
@@ -179,6 +226,17 @@ def _term_lines(terms: list[TermState]) -> list[str]:
     return lines
 
 
+def _key_lines(keys: KeysStatus) -> list[str]:
+    """`keys     by tenant: 1204 with tasks waiting, 3 without room; busiest acme 5000, ...`."""
+    line = (
+        f"keys     by {keys.field}: {keys.waiting} with tasks waiting, "
+        f"{keys.without_room} without room"
+    )
+    if keys.busiest:
+        line += "; busiest " + ", ".join(f"{k.key!r} {k.waiting}" for k in keys.busiest)
+    return [line]
+
+
 def render(status: Status) -> str:
     """The readable table of `ratedispatch status`."""
     lines = [f"stream   {status.stream}  (group {status.group})"]
@@ -199,10 +257,14 @@ def render(status: Status) -> str:
         *_term_lines(status.terms),
         f"dead     {status.dead_letters} dead letters;  results {results}",
     ]
+    if status.keys is not None and not status.apis:
+        lines += _key_lines(status.keys)
     for api in status.apis:
         waiting = "  ".join(f"{p} {n}" for p, n in api.waiting.items())
         lines.append(f"api {api.name}  waiting for a slot ({waiting}), {api.retrying} retrying")
         lines += ["  " + line for line in _term_lines(api.terms)]
+        if api.keys is not None:
+            lines += ["  " + line for line in _key_lines(api.keys)]
     if status.consumers:
         lines.append("consumers")
         width = max(len(c.name) for c in status.consumers)

@@ -24,6 +24,9 @@
 -- ARGV[12] cost: the units its call counts against each term
 -- ARGV[13] answered_ago_ms: how long ago the call was answered (-1: no call was made)
 -- ARGV[14] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
+-- ARGV[15] prefix: the API's key prefix when it has a key_field (queue/keyed.lua), else ''
+-- ARGV[16] key_limits: key_limits, encoded as `limits` ('': none)
+-- ARGV[17] key: the task's key
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 --
 -- include: queue/dead_letter.lua
@@ -37,7 +40,7 @@ local delete_acked = ARGV[10] == '1'
 local stamp, cost, answered_ago_ms, spec = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
 
 local now, held = settle_call(stream, group, me, id, flight, terms, spec, stamp, cost,
-                              answered_ago_ms)
+                              answered_ago_ms, {ARGV[15], ARGV[16], ARGV[17]})
 if not held then
   return 0
 end

@@ -1,8 +1,9 @@
 """The values the queue hands the worker: entries, grants, takes and successes; index members.
 
 Index members are `<rank><ms:20 digits>-<seq:20 digits>`, then `*<cost>` for a task that costs
-more than 1: every member scores 0, so the sorted set orders them by priority rank, then exactly
-by entry id (queue/members.lua reads them back).
+more than 1, then `#<key>` for a task of an API with a key_field: every member scores 0, so the
+sorted set orders them by priority rank, then exactly by entry id (queue/members.lua reads them
+back).
 """
 
 from __future__ import annotations
@@ -29,17 +30,35 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def index_member(entry_id: str, priority: Priority, cost: int = 1) -> str:
+# The length of a member's rank and entry id, before its cost and key.
+_MEMBER_ID_LENGTH = 42
+
+
+def index_member(entry_id: str, priority: Priority, cost: int = 1, key: str | None = None) -> str:
     """The index member for an entry: sorts by priority rank, then exactly by entry id, and
-    carries the task's cost, which the take script counts against the limit terms."""
+    carries the task's cost, which the take script counts against the limit terms, and its key
+    (None: its API has no key_field)."""
     ms, seq = id_key(entry_id)
     member = f"{int(priority)}{ms:020d}-{seq:020d}"
-    return member if cost == 1 else f"{member}*{cost}"
+    if cost != 1:
+        member += f"*{cost}"
+    return member if key is None else f"{member}#{key}"
+
+
+def _member_tail(member: str) -> tuple[str, str | None]:
+    """The cost part (`*3` or '') and the key (None: none) of a member."""
+    tail = member[_MEMBER_ID_LENGTH:]
+    cost, hash_, key = tail.partition("#")
+    return cost, key if hash_ else None
 
 
 def member_cost(member: str) -> int:
-    _, star, cost = member.rpartition("*")
-    return int(cost) if star else 1
+    cost, _ = _member_tail(member)
+    return int(cost[1:]) if cost.startswith("*") else 1
+
+
+def member_key(member: str) -> str | None:
+    return _member_tail(member)[1]
 
 
 def field_map(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -78,6 +97,11 @@ class Grant:
     @property
     def cost(self) -> int:
         return member_cost(self.member)
+
+    @property
+    def key(self) -> str:
+        """Its key ('' for an API without a key_field)."""
+        return member_key(self.member) or ""
 
 
 class TakeReply(enum.IntEnum):
@@ -170,6 +194,7 @@ class Success:
     stamp: str  # of the take that started its call (Grant.stamp)
     answered_at: float = field(default_factory=time.monotonic)
     cost: int = 1
+    key: str = ""  # its key, for an API with a key_field
 
 
 def ago_ms(then: float, now: float) -> int:

@@ -25,8 +25,9 @@ class TakeKeys:
     results: str
 
 
-# (id, http_status, duration_ms, attempts, stamp, cost, answered ms ago) of a call that succeeded
-SuccessArgs = tuple[str, int, int, int, str, int, int]
+# (id, http_status, duration_ms, attempts, stamp, cost, answered ms ago, key) of a call that
+# succeeded
+SuccessArgs = tuple[str, int, int, int, str, int, int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,10 @@ class TakeArgs:
     lowest: str
     highest: str
     succeeded: int
+    prefix: str
+    key_limits: str
+    key_max_cost: int
+    weighted: bool
     successes_then_fresh: Sequence[SuccessArgs | str]
 
 
@@ -64,6 +69,7 @@ class IndexArgs:
     waiting: str
     pending_bound: int
     reread: bool
+    prefix: str
     members: Sequence[str]
 
 
@@ -87,6 +93,9 @@ class RetryArgs:
     cost: int
     answered_ago_ms: int
     limits: str
+    prefix: str
+    key_limits: str
+    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +123,9 @@ class BuryArgs:
     cost: int
     answered_ago_ms: int
     limits: str
+    prefix: str
+    key_limits: str
+    key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +142,22 @@ class RetireArgs:
     names: Sequence[str]
 
 
+@dataclass(frozen=True, slots=True)
+class UnkeyKeys:
+    index: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnkeyArgs:
+    prefix: str
+    most: int
+
+
 TAKE = declare("queue/take.lua", TakeKeys, TakeArgs)
+KEYED_TAKE = declare("queue/keyed_take.lua", TakeKeys, TakeArgs)
 INDEX = declare("queue/index.lua", IndexKeys, IndexArgs)
 RETRY = declare("queue/retry.lua", RetryKeys, RetryArgs)
 BURY = declare("queue/bury.lua", BuryKeys, BuryArgs)
 RECLAIM = declare("queue/reclaim.lua", StreamKey, ReclaimArgs)
 RETIRE = declare("queue/retire.lua", StreamKey, RetireArgs)
+UNKEY = declare("queue/unkey.lua", UnkeyKeys, UnkeyArgs)

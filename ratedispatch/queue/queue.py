@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from redis import exceptions as rexc
@@ -21,7 +21,7 @@ from ..guard import RedisGuard
 from ..keys import Keys
 from ..limits.limiter import Limiter
 from ..settings import Settings
-from ..task import Task
+from ..task import Priority, Task
 from . import inputs as i
 from .entries import (
     Entry,
@@ -32,6 +32,7 @@ from .entries import (
     id_key,
     index_member,
     member_cost,
+    member_key,
 )
 
 log = logging.getLogger("ratedispatch.worker")
@@ -58,6 +59,7 @@ class Queue:
         *,
         results_maxlen: int = 100_000,
         delete_acked: bool = True,
+        key_weights: Mapping[str, float] | None = None,
     ) -> None:
         if consumer == keys.waiting_consumer:
             raise ConfigError(
@@ -73,10 +75,12 @@ class Queue:
         self._delete_acked = delete_acked
         # Results off: the scripts are given the task stream, and write no result to it.
         self._results = keys.results or keys.stream
-        self._take = i.TAKE.on(redis)
+        self._take = (i.KEYED_TAKE if keys.keyed else i.TAKE).on(redis)
+        self._key_weights = dict(key_weights or {})
         self._index = i.INDEX.on(redis)
         self._retry = i.RETRY.on(redis)
         self._bury = i.BURY.on(redis)
+        self._unkey = i.UNKEY.on(redis)
 
     @classmethod
     def from_settings(
@@ -96,7 +100,52 @@ class Queue:
             guard,
             results_maxlen=settings.results_maxlen,
             delete_acked=settings.delete_acked,
+            key_weights=settings.key_weights,
         )
+
+    def _member(self, entry_id: str, task: Task) -> str:
+        key = (task.key or "") if self.keys.keyed else None
+        return index_member(entry_id, task.priority, task.cost, key)
+
+    async def prepare_keys(self) -> None:
+        """At start-up. With a key_field: put key_weights where the take reads them
+        (queue/keyed.lua: P weights), in place of what is there (every worker of a fleet has the
+        same config). Without: move the tasks that still wait by key (the API had a key_field
+        until now) into the priority index, where the takes look now."""
+        if self.keys.keyed is not None:
+            name = self.keys.keyed_name("weights")
+
+            async def publish() -> Any:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(name)
+                    if self._key_weights:
+                        flat = [x for kv in self._key_weights.items() for x in (kv[0], str(kv[1]))]
+                        pipe.hset(name, items=flat)
+                    return await pipe.execute()
+
+            await self._guard.run(publish, "publishing key_weights")
+            return
+        prefix = f"{self.keys.rate}:"
+        keyed = [f"{prefix}ready:{int(rank)}" for rank in Priority] + [f"{prefix}sleeping"]
+
+        async def unkey() -> Any:
+            try:
+                if not await self._redis.exists(*keyed):
+                    return 0
+            except rexc.NoPermissionError:
+                # An ACL without the keys' pattern (docs/operations.md): the API never had any.
+                return 0
+            return await self._unkey(i.UnkeyKeys(self.keys.index), i.UnkeyArgs(prefix, 1000))
+
+        moved = 1
+        while moved:
+            moved = int(await self._guard.run(unkey, "moving tasks that waited by key"))
+            if moved:
+                log.warning(
+                    "moved the tasks of %d keys into the priority index: the API "
+                    "has no key_field now",
+                    moved,
+                )
 
     async def ensure_group(self) -> None:
         """Create the group at id 0 (so earlier entries are not skipped); BUSYGROUP is fine."""
@@ -144,7 +193,7 @@ class Queue:
         """Index entries this consumer holds and did not just read: reclaimed, or left by a
         previous process of the same name and read again (`reread`). Returns how many were
         indexed (those no longer ours stay where they are)."""
-        members = [index_member(entry_id, task.priority, task.cost) for entry_id, task in items]
+        members = [self._member(entry_id, task) for entry_id, task in items]
         if not members:
             return 0
         keys = i.IndexKeys(self.keys.stream, self.keys.index)
@@ -154,6 +203,7 @@ class Queue:
             self.keys.waiting_consumer,
             PENDING_BOUND,
             reread,
+            self.keys.keyed or "",
             members,
         )
 
@@ -168,10 +218,17 @@ class Queue:
         await self.take(0, fresh)
 
     async def index_size(self) -> int:
-        """How many tasks wait in the priority index for a slot."""
+        """How many tasks wait in the priority index (or by key) for a slot."""
+        keyed = self.keys.keyed_name("waiting") if self.keys.keyed is not None else None
 
         async def op() -> Any:
-            return await self._redis.zcard(self.keys.index)
+            if keyed is None:
+                return await self._redis.zcard(self.keys.index)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(self.keys.index)
+                pipe.hvals(keyed)
+                indexed, by_rank = await pipe.execute()
+            return int(indexed) + sum(max(0, int(n)) for n in by_rank)
 
         return int(await self._guard.run(op, "counting indexed tasks"))
 
@@ -191,7 +248,7 @@ class Queue:
         and more unread, left with the caller (READ_ON) to bring back with what it reads next.
         At most ACK_BATCH successes at once."""
         members = sorted(  # best first: rank, then entry id
-            (index_member(entry.id, task.priority, task.cost), entry, task) for entry, task in fresh
+            (self._member(entry.id, task), entry, task) for entry, task in fresh
         )
         ids = sorted((s.entry_id for s in successes), key=id_key)
         keys = i.TakeKeys(
@@ -218,6 +275,7 @@ class Queue:
                     s.stamp,
                     s.cost,
                     ago_ms(s.answered_at, asked),
+                    s.key,
                 )
                 for s in successes
             ]
@@ -239,6 +297,10 @@ class Queue:
                 lowest=ids[0] if ids else "",
                 highest=ids[-1] if ids else "",
                 succeeded=len(answers),
+                prefix=self.keys.keyed or "",
+                key_limits=limiter.key_spec,
+                key_max_cost=limiter.key_max_cost,
+                weighted=bool(self._key_weights),
                 successes_then_fresh=[*answers, *(member for member, _, _ in members)],
             )
             return await self._take(keys, args)
@@ -270,6 +332,9 @@ class Queue:
                 member_cost(member),
                 -1 if answered is None else ago_ms(answered, time.monotonic()),
                 self._limiter.spec,
+                self.keys.keyed or "",
+                self._limiter.key_spec,
+                member_key(member) or "",
             )
             return await self._retry(keys, args)
 
@@ -286,11 +351,12 @@ class Queue:
         attempts: int,
         stamp: str = "",
         cost: int = 1,
+        key: str = "",
         answered: float | None = None,
     ) -> bool:
         """Dead-letter with the reason (keeping every original field), and record a result.
-        `stamp`: of the take that started its call, of `cost`, which was `answered` at that
-        time.monotonic() (None: no call was made after all)."""
+        `stamp`: of the take that started its call, of `cost`, for `key`, which was `answered`
+        at that time.monotonic() (None: no call was made after all)."""
         keys = i.BuryKeys(
             self.keys.stream, self._results, self.keys.dead, self.keys.flight, self.keys.terms
         )
@@ -311,6 +377,9 @@ class Queue:
                 cost,
                 -1 if answered is None else ago_ms(answered, time.monotonic()),
                 self._limiter.spec,
+                self.keys.keyed or "",
+                self._limiter.key_spec,
+                key,
             )
             return await self._bury(keys, args)
 

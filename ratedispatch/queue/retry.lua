@@ -18,6 +18,9 @@
 -- ARGV[8] cost: the units its call counts against each term
 -- ARGV[9] answered_ago_ms: how long ago the call was answered (-1: no call was made)
 -- ARGV[10] limits: the limit terms (ratedispatch/terms.py: Limits.encoded)
+-- ARGV[11] prefix: the API's key prefix when it has a key_field (queue/keyed.lua), else ''
+-- ARGV[12] key_limits: key_limits, encoded as `limits` ('': none)
+-- ARGV[13] key: the task's key
 -- Returns 1 when recorded, 0 when the entry was no longer ours.
 --
 -- include: queue/settling.lua
@@ -28,7 +31,7 @@ local delay_ms = tonumber(ARGV[6])
 local stamp, cost, answered_ago_ms, spec = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
 local now, held = settle_call(stream, group, me, id, flight, terms, spec, stamp, cost,
-                              answered_ago_ms)
+                              answered_ago_ms, {ARGV[11], ARGV[12], ARGV[13]})
 if not held then
   return 0
 end

@@ -6,12 +6,14 @@
 -- include: queue/held.lua
 
 -- The values ARGV holds for each success: id, http_status, duration_ms, attempts, the stamp of
--- the take that started its call, its cost, and how many ms ago it was answered.
-local SUCCESS_WIDTH = 7
+-- the take that started its call, its cost, how many ms ago it was answered, and its key (for an
+-- API with a key_field: queue/keyed.lua).
+local SUCCESS_WIDTH = 8
 
 -- Record the `count` successes in ARGV from `first` on (ids `lowest`..`highest`).  Returns 1 or
--- 0 for each (recorded, or no longer ours), and {id, stamp, cost, ago_ms} for each call, for the
--- limits (limits/limits.lua: limits_answers): whoever holds the entry now, the API saw the call.
+-- 0 for each (recorded, or no longer ours), and {id, stamp, cost, ago_ms, key} for each call, for
+-- the limits (limits/limits.lua: limits_answers; queue/keyed.lua: keyed_record): whoever holds
+-- the entry now, the API saw the call.
 local function successes_record(stream, results, group, me, results_maxlen, delete_acked,
                                 lowest, highest, pending_bound, first, count, now)
   if count == 0 then return {}, {} end
@@ -19,7 +21,8 @@ local function successes_record(stream, results, group, me, results_maxlen, dele
   local ids, done, recorded, calls = {}, {}, {}, {}
   for i = first, first + (count - 1) * SUCCESS_WIDTH, SUCCESS_WIDTH do
     local id = ARGV[i]
-    calls[#calls + 1] = {id, ARGV[i + 4], tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])}
+    calls[#calls + 1] = {id, ARGV[i + 4], tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6]),
+                         ARGV[i + 7]}
     if held[id] then
       ids[#ids + 1] = id
       done[#done + 1] = i

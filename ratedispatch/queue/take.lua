@@ -50,7 +50,11 @@
 -- ARGV[15] lowest: the lowest entry id of the successes ('' when none)
 -- ARGV[16] highest: the highest entry id of the successes ('' when none)
 -- ARGV[17] succeeded: how many successes follow
--- ARGV[18..] successes_then_fresh: the successes (queue/successes.lua: SUCCESS_WIDTH values
+-- ARGV[18] prefix: '' (an API with a key_field takes with queue/keyed_take.lua)
+-- ARGV[19] key_limits: unused here
+-- ARGV[20] key_max_cost: unused here
+-- ARGV[21] weighted: unused here
+-- ARGV[22..] successes_then_fresh: the successes (queue/successes.lua: SUCCESS_WIDTH values
 --            each), then the index members of entries this consumer just read, best first
 -- Returns {recorded, reply}: recorded holds 1 or 0 for each success (recorded, or no longer
 -- ours); the reply's first element is its code (queue/entries.py: TakeReply):
@@ -81,7 +85,7 @@ local drained = ARGV[10] == '1'
 local keep = ARGV[11] == '1'
 local deadline_ms = tonumber(ARGV[12])
 local succeeded = tonumber(ARGV[17])
-local SUCCESSES = 18
+local SUCCESSES = 22
 local fresh = {}
 for i = SUCCESSES + succeeded * SUCCESS_WIDTH, #ARGV do fresh[#fresh + 1] = ARGV[i] end
 local now, stamp = clock()
@@ -172,7 +176,7 @@ then
   for i, member in ipairs(fresh) do
     if i <= granted then ids[#ids + 1] = member_id(member) else rest[#rest + 1] = member end
   end
-  index_entries(stream, index, group, me, waiting, rest, 'fresh', pending_bound)
+  index_entries(stream, index, group, me, waiting, rest, 'fresh', pending_bound, '')
   if granted == 0 and want > 0 then
     return done({FULL, limits_wait(L, fresh_costs[1])})
   end
@@ -183,7 +187,7 @@ end
 if #fresh > 0 and keep and not drained then
   return done({READ_ON})
 end
-index_entries(stream, index, group, me, waiting, fresh, 'fresh', pending_bound)
+index_entries(stream, index, group, me, waiting, fresh, 'fresh', pending_bound, '')
 if #fresh > 0 and not drained then
   -- More is unread, possibly of higher priority: index it before any slot is given away.
   return done({EMPTY, 0})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -44,9 +45,10 @@ class Caller:
         transport: httpx.AsyncBaseTransport | None = None,
         apis: frozenset[str] | None = None,
         api: str = "default",
+        key_tokens: Mapping[str, str] | None = None,
     ) -> None:
         """`apis`: every API's name when entries name theirs (task.py: parse_entry); `api`:
-        the one this caller calls."""
+        the one this caller calls; `key_tokens`: its keys' own tokens (tokens_file)."""
         self._settings = settings
         self._base_url = settings.require_api()
         self._token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -64,6 +66,9 @@ class Caller:
         self._rng = rng
         self._apis = apis
         self._api = api
+        key_field = settings.key_field
+        self._key_fields = {api: key_field} if key_field is not None else {}
+        self._key_tokens = key_tokens or {}
 
     @property
     def base_url(self) -> str:
@@ -80,11 +85,15 @@ class Caller:
                 entry.fields,
                 max_body_bytes=self._settings.max_body_bytes,
                 apis=self._apis,
+                key_fields=self._key_fields,
             )
+            token = self._token
+            if task.key is not None:
+                token = self._key_tokens.get(task.key, token)
             request = build_request(
                 task,
                 self._base_url,
-                token=self._token,
+                token=token,
                 timeout=self._settings.http_timeout_seconds,
             )
         except InvalidTask as exc:
@@ -99,7 +108,7 @@ class Caller:
             )
             await self._bury_uncalled(grant, reason, "invalid")
             return
-        refusal = self._limiter.limits.refusal(task.cost)
+        refusal = self._limiter.refusal(task.cost)
         if refusal is not None:  # indexed by a worker with other LIMITS
             await self._bury_uncalled(grant, refusal, "invalid")
             return
@@ -163,7 +172,14 @@ class Caller:
         if outcome.verdict is Verdict.OK:
             status = outcome.http_status or 0
             success = Success(
-                entry_id, status, duration_ms, grant.attempt, grant.stamp, answered, grant.cost
+                entry_id,
+                status,
+                duration_ms,
+                grant.attempt,
+                grant.stamp,
+                answered,
+                grant.cost,
+                grant.key,
             )
             recorded = await self._acker.ack(success, hold)
         elif outcome.verdict is Verdict.RETRY and grant.attempt < self._settings.max_attempts:
@@ -175,7 +191,7 @@ class Caller:
                 self._rng,
             )
             if outcome.rate_limited:
-                await self._close_window(outcome.retry_after or delay)
+                await self._close_window(outcome.retry_after or delay, grant.key)
             recorded = await self._queue.retry_later(
                 entry_id, grant.member, delay, stamp=grant.stamp, answered=answered
             )
@@ -189,7 +205,7 @@ class Caller:
             )
         else:
             if outcome.rate_limited:
-                await self._close_window(outcome.retry_after or 0.0)
+                await self._close_window(outcome.retry_after or 0.0, grant.key)
             reason, kind = outcome.reason, "rejected"
             if outcome.verdict is Verdict.RETRY:
                 kind = "exhausted"
@@ -207,6 +223,7 @@ class Caller:
                 attempts=grant.attempt,
                 stamp=grant.stamp,
                 cost=grant.cost,
+                key=grant.key,
                 answered=answered,
             )
         if not recorded:
@@ -219,8 +236,21 @@ class Caller:
                 outcome.last_status,
             )
 
-    async def _close_window(self, seconds: float) -> None:
+    async def _close_window(self, seconds: float, key: str) -> None:
+        """After a 429: close the API's limits for every worker; or, when the call carried its
+        key's own token (tokens_file), whose quota the 429 is about, that key's limits only
+        (none without key_limits: the retry's delay keeps to Retry-After)."""
         if seconds <= 0:
+            return
+        if key in self._key_tokens:
+            if self._limiter.key_limits is None:
+                return
+            closed = await self._guard.run(
+                lambda: self._limiter.close_for(seconds, key), "closing a key's limits after a 429"
+            )
+            log.warning(
+                "the API answered 429 to a key's own token: its limits closed for %.1fs", closed
+            )
             return
         closed = await self._guard.run(
             lambda: self._limiter.close_for(seconds), "closing the window after a 429"
@@ -237,6 +267,7 @@ class Caller:
             attempts=grant.attempt - 1,
             stamp=grant.stamp,
             cost=grant.cost,
+            key=grant.key,
         )
 
     async def bury(

@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from redis.asyncio import Redis
 
-from ..apis import DEFAULT, Api
+from ..apis import DEFAULT, Api, default_api
 from ..guard import RedisGuard
 from ..keys import Keys
 from ..limits.limiter import Limiter
@@ -77,7 +77,7 @@ class Dispatcher:
         names = frozenset(apis) if apis is not None else None
         rng = rng or random.Random()
         self.lanes: dict[str, Lane] = {}
-        for api in (apis or {DEFAULT: Api(DEFAULT, settings)}).values():
+        for api in (apis or {DEFAULT: default_api(settings)}).values():
             keys = Keys.from_settings(api.settings, api.name)
             limiter = Limiter.from_settings(redis, keys, api.settings)
             queue = Queue.from_settings(redis, api.settings, limiter, self.guard, api.name)
@@ -94,6 +94,7 @@ class Dispatcher:
                 transport,
                 names,
                 api.name,
+                api.key_tokens,
             )
             self.lanes[api.name] = Lane(api, keys, limiter, queue, acker, caller)
         default = self.lanes[DEFAULT]
@@ -132,6 +133,8 @@ class Dispatcher:
             # start-up ends the worker just as well.
             with self._intake:
                 await self.guard.run(self.queue.ensure_group, "creating the consumer group")
+                for lane in self.lanes.values():
+                    await lane.queue.prepare_keys()
                 log.info(
                     "worker %s started on %s (group %s), concurrency %d",
                     self.queue.consumer,

@@ -131,6 +131,17 @@ class Metrics:
             ["api", "term"], registry=r,
         )  # fmt: skip
 
+        # By API only: one label value per key would grow without bound.
+        self.keys_waiting = Gauge(
+            "ratedispatch_keys_waiting", "Keys with tasks waiting for a slot, by API", ["api"],
+            registry=r,
+        )  # fmt: skip
+        self.keys_without_room = Gauge(
+            "ratedispatch_keys_without_room",
+            "Keys with tasks waiting whose own key_limits have no room, by API", ["api"],
+            registry=r,
+        )  # fmt: skip
+
     def call(self, outcome: str, http_status: int | None, seconds: float) -> None:
         self.calls.labels(outcome, status_class(http_status)).inc()
         self.call_seconds.observe(seconds)
@@ -150,6 +161,11 @@ class Metrics:
             self.term_used.labels(term.term).set(term.used)
             self.term_limit.labels(term.term).set(term.limit)
             self.term_frees_in.labels(term.term).set(term.frees_in or 0.0)
+        keyed = [(api.name, api.keys) for api in status.apis] or [("default", status.keys)]
+        for name, keys in keyed:
+            if keys is not None:
+                self.keys_waiting.labels(name).set(keys.waiting)
+                self.keys_without_room.labels(name).set(keys.without_room)
         for api in status.apis:
             for priority, count in api.waiting.items():
                 self.api_waiting.labels(api.name, priority).set(count)

@@ -52,6 +52,11 @@ class Reader:
         self._settings = settings
         self._lanes = lanes
         self._apis = frozenset(lanes) if routed else None
+        self._key_fields = {
+            name: lane.api.settings.key_field
+            for name, lane in lanes.items()
+            if lane.api.settings.key_field is not None
+        }
         self._stream = lanes[DEFAULT].queue  # reads, which are the stream's, not a lane's
         self._capacity = capacity
         self._start_calls = start_calls
@@ -221,12 +226,13 @@ class Reader:
                     entry.fields,
                     max_body_bytes=self._settings.max_body_bytes,
                     apis=self._apis,
+                    key_fields=self._key_fields,
                 )
             except InvalidTask as exc:
                 await self._bury_invalid(entry.id, exc.reason)
                 continue
             lane = self._lanes[task.api]
-            refusal = lane.limiter.limits.refusal(task.cost)
+            refusal = lane.limiter.refusal(task.cost)
             if refusal is not None:
                 await self._bury_invalid(entry.id, refusal)
                 continue
