@@ -154,11 +154,12 @@ class Stack:
         assert self.client is not None
         return self.client
 
-    def start_workers(self, count: int) -> list[int]:
-        """Start workers and wait until each has joined the group; returns their pids."""
+    def start_workers(self, count: int, **extra_env: str) -> list[int]:
+        """Start workers (with `extra_env` added to theirs) and wait until each has joined the
+        group; returns their pids."""
         assert self.workers is not None
         first = len(self.workers.processes)
-        self.workers.start(count)
+        self.workers.start(count, **extra_env)
         names = {f"worker-{n}".encode() for n in range(first, first + count)}
 
         def joined() -> bool:

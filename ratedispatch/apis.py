@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from .errors import ConfigError
-from .keys import Keys
+from .keys import POOL, Keys
 from .settings import ENV_PREFIX, Settings, check_base_url, mask_url
 from .task import MAX_KEY_LENGTH
 from .terms import Limits
@@ -41,8 +41,7 @@ DEFAULT = "default"
 # An API's name is an entry's `api` field, a metric label and part of key names: kept plain.
 API_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
-# Not an API name: `<RATE_KEY>:key:` is where the default API's keys live (queue/keyed.lua).
-RESERVED_NAME = "key"
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # A token goes into a header as it is: whitespace or a control character inside is a mistake.
 _UNSAFE_TOKEN = re.compile(r"[\x00-\x20\x7f]")
 
@@ -56,6 +55,8 @@ class ApiTable(BaseModel):
 
     base_url: str | None = None
     token_env: str | None = Field(None, min_length=1)
+    # A pool of the API's credentials: each its own copy of the limits (Api.pool).
+    tokens_env: list[str] | None = Field(None, min_length=1, max_length=64)
     token_file: Path | None = Field(None, strict=False)  # TOML has no path type
     limits: str | None = None
     max_in_flight: int | None = Field(None, ge=0, le=1_000_000)
@@ -83,6 +84,16 @@ class ApiTable(BaseModel):
     def _key_field(cls, value: str | None) -> str | None:
         return Settings.check_key_field(value)
 
+    @field_validator("tokens_env")
+    @classmethod
+    def _tokens_env(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or ():
+            if not _VARIABLE.fullmatch(name):
+                raise ValueError(f"{name[:64]!r} is not an environment variable's name")
+        if value is not None and len(set(value)) < len(value):
+            raise ValueError("a variable is named twice")
+        return value
+
     @field_validator("key_weights")
     @classmethod
     def _key_weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
@@ -101,11 +112,6 @@ class ConfigFile(BaseSettings):
     @classmethod
     def _names(cls, apis: dict[str, ApiTable]) -> dict[str, ApiTable]:
         for name in apis:
-            if name == RESERVED_NAME:
-                raise ValueError(
-                    f"[apis.{name}]: {name!r} is reserved (the default API's keys are named "
-                    "<RATE_KEY>:key:...): choose another name"
-                )
             if not API_NAME.fullmatch(name):
                 raise ValueError(
                     f"[apis.{name}] is not a valid API name: expected lower-case letters, digits, "
@@ -120,6 +126,14 @@ class Api:
     settings: Settings  # the environment's, with what the API's table sets
     # tokens_file: each key's own token (a key without one uses the API's). Never shown.
     key_tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # tokens_env: (variable, token) of each credential of the pool, each with its own copy of
+    # the limits; empty without a pool. Never shown.
+    pool: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    def pool_keys(self, keys: Keys) -> list[Keys]:
+        """The keys of each credential of the pool: the API's index and retries, the token's
+        own limits beside its rate_key (`<rate_key>:pool.<variable>`)."""
+        return [keys.with_limits(f"{keys.rate}:{POOL}{variable}") for variable, _ in self.pool]
 
 
 def default_api(settings: Settings) -> Api:
@@ -225,6 +239,7 @@ def load_apis(
     for name in (DEFAULT, *(n for n in tables if n != DEFAULT)):
         table = tables.get(name)
         if table is not None and not tokens:
+            # `status` reads no token (a pool's credentials are shown by their variables only).
             table = table.model_copy(
                 update={"token_env": None, "token_file": None, "tokens_file": None}
             )
@@ -236,11 +251,15 @@ def load_apis(
                 resolved.tokens_file,
                 f"{where}: [apis.{name}] tokens_file" if from_file else f"{ENV_PREFIX}TOKENS_FILE",
             )
-        apis[name] = Api(name, resolved, key_tokens)
+        pool = _pool(table, f"{where}: [apis.{name}]", environ if tokens else None)
+        apis[name] = Api(name, resolved, key_tokens, pool)
     owner: dict[str, str] = {}
     for api in apis.values():
         keys = Keys.from_settings(api.settings, api.name)
-        for key in (keys.rate, keys.flight, keys.terms, keys.index, keys.retry):
+        names = [keys.rate, keys.flight, keys.terms, keys.index, keys.retry]
+        for token in api.pool_keys(keys):
+            names += [token.rate, token.flight, token.terms]
+        for key in names:
             other = owner.setdefault(key, api.name)
             if other != api.name:
                 raise ConfigError(
@@ -261,8 +280,14 @@ def _resolve(
     if table is None:
         return settings
     at = f"{where}: [apis.{name}]"
-    if table.token_env is not None and table.token_file is not None:
-        raise ConfigError(f"{at} sets both token_env and token_file: choose one")
+    given = [k for k in ("token_env", "token_file", "tokens_env") if getattr(table, k) is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{at} sets both {given[0]} and {given[1]}: choose one")
+    if table.tokens_env is not None and table.tokens_file is not None:
+        raise ConfigError(
+            f"{at} sets both tokens_env and tokens_file: a key's own token would be spent in a "
+            "pool credential's limits; choose one"
+        )
     update: dict[str, Any] = {
         field: value
         for field, value in (
@@ -315,6 +340,28 @@ def _resolve(
             "worker's call could be taken over and made twice"
         )
     return settings.model_copy(update=update)
+
+
+def _pool(
+    table: ApiTable | None, at: str, environ: Mapping[str, str] | None
+) -> tuple[tuple[str, str], ...]:
+    """The pool's (variable, token) pairs; without `environ`, the variables with no token."""
+    if table is None or table.tokens_env is None:
+        return ()
+    pool = []
+    for variable in table.tokens_env:
+        token = ""
+        if environ is not None:
+            token = environ.get(variable, "").strip()
+            where = f"{at} tokens_env: {variable!r}"
+            if not token:
+                raise ConfigError(f"{where}: that variable is not set")
+            if _UNSAFE_TOKEN.search(token):
+                raise ConfigError(
+                    f"{where}: the token has spaces, line breaks or control characters"
+                )
+        pool.append((variable, token))
+    return tuple(pool)
 
 
 def _token(table: ApiTable, at: str, environ: Mapping[str, str], base: Path) -> str | None:

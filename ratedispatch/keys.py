@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .settings import Settings
+
+# Where an API's keys keep their tasks, turns and limits (queue/keyed.lua), after `<rate_key>:`:
+# an API's name has no '.', so no other API's key can start so.
+KEYED = "keyed."
+# Where each credential of an API's pool keeps its limits, after `<rate_key>:` (Api.pool_keys).
+POOL = "pool."
 
 
 def key_prefix(stream: str) -> str:
@@ -48,8 +54,12 @@ class Keys:
             index=f"{prefix}deferred",
             retry=f"{prefix}retry",
             waiting_consumer="ratedispatch:waiting",
-            keyed=f"{settings.rate_key}:" if settings.key_field else None,
+            keyed=f"{settings.rate_key}:{KEYED}" if settings.key_field else None,
         )
+
+    def with_limits(self, rate: str) -> Keys:
+        """These keys with limits of their own at `rate` (and beside it): a pool's credential."""
+        return replace(self, rate=rate, flight=f"{rate}:flight", terms=f"{rate}:terms")
 
     def keyed_name(self, name: str) -> str:
         """`ready:0`, `backlog`, ... under the keyed prefix (queue/keyed.lua names them)."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -241,12 +242,12 @@ async def test_an_idle_key_leaves_nothing_in_redis(redis: Redis) -> None:
     assert len(set(calls.tenants())) == 200
 
     async def nothing_per_key() -> bool:
-        return not await key_names(redis, "rate:external:api:key:*")
+        return not await key_names(redis, "rate:external:api:keyed.key:*")
 
     # A key's limits go a second after they can no longer refuse anything.
     await eventually(nothing_per_key, 5.0, "no key of a tenant left")
     for name in ("ready:0", "ready:1", "ready:2", "sleeping", "backlog", "fair"):
-        assert await redis.exists(f"rate:external:api:{name}") == 0, name
+        assert await redis.exists(f"rate:external:api:keyed.{name}") == 0, name
 
 
 async def index_keyed(redis: Redis, settings: Settings) -> None:
@@ -318,8 +319,8 @@ async def test_tasks_waiting_by_key_are_called_when_the_api_loses_its_key_field(
     calls = Calls()
     await run_until(redis, plain, 4, calls)
     assert sorted(n for _, n, _, _ in calls.seen) == ["0", "1", "2", "3"]
-    assert not await key_names(redis, "rate:external:api:key:*")
-    assert not await key_names(redis, "rate:external:api:ready:*")
+    assert not await key_names(redis, "rate:external:api:keyed.key:*")
+    assert not await key_names(redis, "rate:external:api:keyed.*")
 
 
 async def test_tasks_indexed_before_the_api_had_a_key_field_are_called(redis: Redis) -> None:
@@ -387,3 +388,65 @@ async def test_max_waiting_counts_the_tasks_waiting_by_key(redis: Redis) -> None
     # At most one call goes out (1/1h); the rest stays in the stream beyond MAX_WAITING.
     assert sum(status.waiting.values()) <= 60
     assert status.not_delivered is not None and status.not_delivered >= 300 - 60 - 1
+
+
+async def test_a_key_that_comes_back_after_each_turn_does_not_starve_a_waiting_one(
+    redis: Redis,
+) -> None:
+    settings = make_settings(limits="1000/1s", key_field="tenant")
+    queue = queue_for(settings, redis)
+    for n in range(10):
+        await add(redis, settings, "b", n)
+    await index_keyed(redis, settings)
+    served = []
+    for n in range(20):
+        await add(redis, settings, "a", n)  # one task, just before each take
+        await index_keyed(redis, settings)
+        take = await queue.take(1)
+        served += [grant.key for grant in take.grants]
+    # Turns alternate: `a` coming back each time goes behind `b`, not ahead of it again.
+    assert served.count("b") >= 9, served
+
+
+async def test_a_sleeping_key_does_not_hold_back_a_key_that_comes_later(redis: Redis) -> None:
+    settings = make_settings(limits="100/1s", key_field="tenant", key_limits="4/5s", concurrency=2)
+    for n in range(6):
+        await add(redis, settings, "a", n)
+    calls = Calls()
+    with respx.mock() as api:
+        api.get(url__startswith=f"{API}/t").mock(side_effect=calls)
+        async with running(settings, redis):
+
+            async def called(tenant: str, n: int) -> bool:
+                return calls.tenants().count(tenant) >= n
+
+            await eventually(lambda: called("a", 4), 3.0, "key a's first four calls")
+            added = time.monotonic()
+            for n in range(4):
+                await add(redis, settings, "b", n)
+            # Key a sleeps for 5 s; key b's four tasks (within its own 4/5s) go at once, the
+            # two the reader cannot start at once too.
+            await eventually(lambda: called("b", 4), 2.0, "key b's four calls")
+    assert max(at for t, _, at, _ in calls.seen if t == "b") - added < 2.0
+
+
+async def test_a_keys_limits_outlive_its_call_in_flight(redis: Redis) -> None:
+    # 1 per 200 ms: the key's state would be gone 1.6 s after its take, long before the call's
+    # 5 s deadline; while the call is in flight the key must stay without room.
+    settings = make_settings(
+        limits="1000/1s",
+        key_field="tenant",
+        key_limits="1/200ms",
+        http_timeout_seconds=5.0,
+        reclaim_idle_seconds=10.0,
+    )
+    queue = queue_for(settings, redis)
+    for n in range(2):
+        await add(redis, settings, "a", n)
+    await index_keyed(redis, settings)
+    first = await queue.take(1)
+    assert len(first.grants) == 1
+    assert not (await queue.take(1)).grants
+    # Time passing is what is tested: no take in between refreshes the key's state.
+    await anyio.sleep(2.5)
+    assert not (await queue.take(1)).grants, "a second call while the first is in flight"

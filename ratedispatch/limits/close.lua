@@ -16,11 +16,15 @@
 --
 -- include: lua/clock.lua
 -- include: limits/limits.lua
+-- include: queue/keyed.lua
 local rate, terms = KEYS[1], KEYS[2]
 local cooldown_ms = tonumber(ARGV[2])
-if ARGV[3] ~= '1' then rate = nil end
+local idle = nil
+if ARGV[3] ~= '1' then
+  rate, idle = nil, keyed_idle(ARGV[1])  -- a key's limits go soon after they stop mattering
+end
 local now = now_ms()
-local L = limits_open(rate, nil, terms, ARGV[1], 0, now)
+local L = limits_open(rate, nil, terms, ARGV[1], 0, now, nil, idle)
 L.closed = math.max(L.closed, now + cooldown_ms)
 L.calls_dirty = true
 for _, term in ipairs(L.terms) do

@@ -50,6 +50,15 @@ class KeysStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialStatus:
+    """One credential of a pool (tokens_env), by its variable: its own copy of the limits."""
+
+    variable: str
+    terms: list[TermState]
+    calls_in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
 class ApiStatus:
     """One API of RATEDISPATCH_CONFIG: its own index, retries and limits."""
 
@@ -59,6 +68,9 @@ class ApiStatus:
     terms: list[TermState]
     calls_in_flight: int
     keys: KeysStatus | None = None  # with a key_field
+    # With a pool (tokens_env): each credential's limits; `terms` are then the first's, and
+    # `calls_in_flight` all of theirs.
+    credentials: list[CredentialStatus] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,14 +160,23 @@ async def collect(
 
 async def _api(redis: Redis, api: Api) -> ApiStatus:
     keys = Keys.from_settings(api.settings, api.name)
+    credentials = []
+    for (variable, _), token_keys in zip(api.pool, api.pool_keys(keys), strict=True):
+        state = await Limiter.from_settings(redis, token_keys, api.settings).state()
+        credentials.append(CredentialStatus(variable, state.terms, state.calls_in_flight))
     limits = await Limiter.from_settings(redis, keys, api.settings).state()
+    terms, in_flight = limits.terms, limits.calls_in_flight
+    if credentials:
+        terms = credentials[0].terms
+        in_flight = sum(c.calls_in_flight for c in credentials)
     return ApiStatus(
         name=api.name,
         waiting=await _waiting(redis, keys),
         retrying=int(await redis.zcard(keys.retry)),
-        terms=limits.terms,
-        calls_in_flight=limits.calls_in_flight,
+        terms=terms,
+        calls_in_flight=in_flight,
         keys=await _keys(redis, keys, api.settings),
+        credentials=credentials,
     )
 
 
@@ -262,7 +283,12 @@ def render(status: Status) -> str:
     for api in status.apis:
         waiting = "  ".join(f"{p} {n}" for p, n in api.waiting.items())
         lines.append(f"api {api.name}  waiting for a slot ({waiting}), {api.retrying} retrying")
-        lines += ["  " + line for line in _term_lines(api.terms)]
+        if api.credentials:
+            for credential in api.credentials:
+                lines.append(f"  credential {credential.variable}")
+                lines += ["    " + line for line in _term_lines(credential.terms)]
+        else:
+            lines += ["  " + line for line in _term_lines(api.terms)]
         if api.keys is not None:
             lines += ["  " + line for line in _key_lines(api.keys)]
     if status.consumers:

@@ -1,7 +1,8 @@
 -- An API with a key_field keeps its waiting tasks by key (tenant, user, account), so that a take
 -- finds the best task among the keys that have room without scanning them (queue/keyed_take.lua),
 -- and serves the keys of one priority in turn.  Every name is under the API's prefix P
--- (`<RATE_KEY>:`), so that one hash tag there keeps them all in one Cluster slot:
+-- (`<RATE_KEY>:keyed.`: no API's name has a '.'), so that one hash tag in its RATE_KEY keeps them
+-- all in one Cluster slot:
 --
 --   P key:<k>:deferred:<r>  sorted set: key k's tasks of priority rank r, as the index holds them
 --   P key:<k>:terms, :flight  key k's own limits (key_limits), as limits/limits.lua keeps an API's
@@ -10,8 +11,9 @@
 --                           cost / weight, so the least served key comes first)
 --   P sleeping              sorted set: "<r><k>" of keys whose own limits had no room, by when
 --                           they may have; their virtual time waits in hash P fair
---   P clock                 hash: each rank's virtual clock, the time of the last key served there;
---                           a key that starts waiting joins at it, neither ahead nor behind
+--   P clock                 hash: each rank's virtual clock, the latest virtual time a key served
+--                           there moved on to; a key that starts waiting joins at it, behind the
+--                           keys already waiting their turn, so it never takes turns from them
 --   P weights               hash: key_weights (each key's share; 1 when not there)
 --   P backlog               sorted set: each key's waiting tasks (status: the busiest keys)
 --   P waiting               hash: the waiting tasks of each rank

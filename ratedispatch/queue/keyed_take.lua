@@ -46,8 +46,8 @@
 -- include: limits/limits.lua
 -- include: queue/keyed.lua
 local GRANTED, FULL, EMPTY, READ_ON = 1, 0, 2, 4
--- Keys one take finds without room and puts to sleep, at most, before it answers: the next take
--- goes on from there.
+-- Keys one take finds without room and puts to sleep (or entries it finds deleted), at most,
+-- before it answers: the next take goes on from there.
 local KEYED_STEPS = 64
 -- Sleeping keys one take wakes, at most.
 local KEYED_WAKE = 1000
@@ -157,11 +157,12 @@ local function hand_over(k, r, best, vt, cost)
   redis.call('ZPOPMIN', kindex)
   by_rank[r] = (by_rank[r] or 0) + 1
   by_key[k] = (by_key[k] or 0) + 1
-  clocks[r] = vt
+  local finish = vt + cost / weight_of(k)
+  clocks[r] = math.max(clocks[r], finish)
   clock_moved = true
   local ready = P .. 'ready:' .. r
   if redis.call('EXISTS', kindex) == 1 then
-    redis.call('ZADD', ready, vt + cost / weight_of(k), k)
+    redis.call('ZADD', ready, finish, k)
   else
     redis.call('ZREM', ready, k)
   end
@@ -172,8 +173,9 @@ local function hand_over(k, r, best, vt, cost)
   return claimed[2]
 end
 
-local wait_api, r, slept = nil, 0, 0
-while #taken < want and r <= 2 and slept < KEYED_STEPS do
+-- Steps that hand nothing over (a key put to sleep, an entry deleted meanwhile) are bounded.
+local wait_api, r, idle_steps = nil, 0, 0
+while #taken < want and r <= 2 and idle_steps < KEYED_STEPS do
   local ready = P .. 'ready:' .. r
   local top = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
   if #top == 0 then
@@ -199,7 +201,7 @@ while #taken < want and r <= 2 and slept < KEYED_STEPS do
         redis.call('ZREM', ready, k)
         redis.call('ZADD', P .. 'sleeping', now + limits_wait(KL, cost), pair)
         redis.call('HSET', P .. 'fair', pair, vt)
-        slept = slept + 1
+        idle_steps = idle_steps + 1
       elseif limits_count(L, {cost}, 1) == 0 then
         wait_api = limits_wait(L, cost)
         break
@@ -211,6 +213,7 @@ while #taken < want and r <= 2 and slept < KEYED_STEPS do
         end
       else
         limits_uncount(L, cost)
+        idle_steps = idle_steps + 1
       end
     end
   end
@@ -224,11 +227,21 @@ if next(by_key) ~= nil then
   for k, n in pairs(by_key) do redis.call('ZINCRBY', P .. 'backlog', -n, k) end
   redis.call('ZREMRANGEBYSCORE', P .. 'backlog', '-inf', 0)
 end
+-- Keep `key` at least `ms` longer (a longer TTL stays).
+local function keep_for(key, ms)
+  local ttl = redis.call('PTTL', key)
+  if ttl ~= -2 and ttl < ms then redis.call('PEXPIRE', key, ms) end
+end
 for _, KL in pairs(opened) do
   limits_flush(KL)
-  -- A dead worker's call leaves a key's flight at a take of that key: if none comes, the key's
-  -- flight goes once the call can no longer count in any of its terms.
-  if KL.charged then redis.call('PEXPIRE', KL.flight_key, deadline_ms + KL.idle) end
+  -- A key's limits must outlive its calls in flight (else a long call's key would look idle and
+  -- get its room back): they last past the call's deadline until it can no longer count in any
+  -- term.  A dead worker's call leaves the flight at a take of that key; if none comes, the
+  -- flight goes with them.
+  if KL.charged then
+    keep_for(KL.hash, deadline_ms + KL.idle)
+    keep_for(KL.flight_key, deadline_ms + KL.idle)
+  end
 end
 
 if #taken > 0 then
@@ -249,14 +262,17 @@ if #taken > 0 then
 end
 if wait_api ~= nil then return done({FULL, wait_api}) end
 if r <= 2 then return done({FULL, 0}) end  -- more keys to look at: the next take goes on
+-- Nothing any key with room could take: what waits is asleep or backing off.  EMPTY, not FULL:
+-- the caller waits for that or for new tasks, whichever comes first (a task of another key
+-- must not wait for a sleeping key).
 local wait = nil
 local asleep = redis.call('ZRANGE', P .. 'sleeping', 0, 0, 'WITHSCORES')
-if #asleep > 0 then wait = math.max(tonumber(asleep[2]) - now, 1) end
-local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')
-if #nxt > 0 then
-  local retry_wait = math.max(tonumber(nxt[2]) - now, 0)
-  if wait == nil then return done({EMPTY, retry_wait}) end
-  wait = math.min(wait, retry_wait)
+if #asleep > 0 then
+  wait = math.max(tonumber(asleep[2]) - now, 1)
+else
+  -- No key has tasks waiting: the counts are 0, whatever an operator's edit made of them.
+  redis.call('DEL', P .. 'waiting', P .. 'backlog')
 end
-if wait ~= nil then return done({FULL, wait}) end
-return done({EMPTY, -1})
+local nxt = redis.call('ZRANGE', retry, 0, 0, 'WITHSCORES')
+if #nxt > 0 then wait = math.min(wait or math.huge, math.max(tonumber(nxt[2]) - now, 0)) end
+return done({EMPTY, wait or -1})

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from ..errors import ConfigError
 from ..guard import RedisGuard
-from ..keys import Keys
+from ..keys import KEYED, Keys
 from ..limits.limiter import Limiter
 from ..settings import Settings
 from ..task import Priority, Task
@@ -90,11 +90,14 @@ class Queue:
         limiter: Limiter,
         guard: RedisGuard,
         api: str = "default",
+        *,
+        keys: Keys | None = None,
     ) -> Queue:
-        """The queue of API `api`, whose settings are `settings` (ratedispatch/apis.py)."""
+        """The queue of API `api`, whose settings are `settings` (ratedispatch/apis.py); `keys`:
+        its keys, when they are not the API's own (a pool's credential: Api.pool_keys)."""
         return cls(
             redis,
-            Keys.from_settings(settings, api),
+            keys or Keys.from_settings(settings, api),
             settings.consumer,
             limiter,
             guard,
@@ -110,22 +113,29 @@ class Queue:
     async def prepare_keys(self) -> None:
         """At start-up. With a key_field: put key_weights where the take reads them
         (queue/keyed.lua: P weights), in place of what is there (every worker of a fleet has the
-        same config). Without: move the tasks that still wait by key (the API had a key_field
-        until now) into the priority index, where the takes look now."""
-        if self.keys.keyed is not None:
-            name = self.keys.keyed_name("weights")
-
-            async def publish() -> Any:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.delete(name)
-                    if self._key_weights:
-                        flat = [x for kv in self._key_weights.items() for x in (kv[0], str(kv[1]))]
-                        pipe.hset(name, items=flat)
-                    return await pipe.execute()
-
-            await self._guard.run(publish, "publishing key_weights")
+        same config). Without: move tasks still waiting by key into the priority index."""
+        if self.keys.keyed is None:
+            await self.move_keyed_leftovers()
             return
-        prefix = f"{self.keys.rate}:"
+        name = self.keys.keyed_name("weights")
+
+        async def publish() -> Any:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(name)
+                if self._key_weights:
+                    flat = [x for kv in self._key_weights.items() for x in (kv[0], str(kv[1]))]
+                    pipe.hset(name, items=flat)
+                return await pipe.execute()
+
+        await self._guard.run(publish, "publishing key_weights")
+
+    async def move_keyed_leftovers(self) -> None:
+        """An API without a key_field: move the tasks that still wait by key (it had one until
+        now, or a worker with the old config still indexes by key) into the priority index,
+        where its takes look. At start-up, and now and then (queue/unkey.lua)."""
+        if self.keys.keyed is not None:
+            return
+        prefix = f"{self.keys.rate}:{KEYED}"
         keyed = [f"{prefix}ready:{int(rank)}" for rank in Priority] + [f"{prefix}sleeping"]
 
         async def unkey() -> Any:
@@ -137,15 +147,11 @@ class Queue:
                 return 0
             return await self._unkey(i.UnkeyKeys(self.keys.index), i.UnkeyArgs(prefix, 1000))
 
-        moved = 1
-        while moved:
-            moved = int(await self._guard.run(unkey, "moving tasks that waited by key"))
-            if moved:
-                log.warning(
-                    "moved the tasks of %d keys into the priority index: the API "
-                    "has no key_field now",
-                    moved,
-                )
+        while moved := int(await self._guard.run(unkey, "moving tasks that waited by key")):
+            log.warning(
+                "moved the tasks of %d keys into the priority index: the API has no key_field",
+                moved,
+            )
 
     async def ensure_group(self) -> None:
         """Create the group at id 0 (so earlier entries are not skipped); BUSYGROUP is fine."""

@@ -3,7 +3,7 @@
 -- a starting worker until it returns 0.
 --
 -- KEYS[1] index: the priority index
--- ARGV[1] prefix: the key prefix the API had (`<RATE_KEY>:`)
+-- ARGV[1] prefix: the key prefix the API had (`<RATE_KEY>:keyed.`)
 -- ARGV[2] most: the most (key, rank) pairs to move in this call
 -- Returns how many pairs it moved.
 --
@@ -15,8 +15,10 @@ local P, most = ARGV[1], tonumber(ARGV[2])
 -- Every (key, rank) pair with tasks is in a ready set or asleep.
 local pairs_found = {}
 for r = 0, 2 do
+  local room = most - #pairs_found
+  if room <= 0 then break end
   local ready = P .. 'ready:' .. r
-  for _, k in ipairs(redis.call('ZRANGE', ready, 0, most - #pairs_found - 1)) do
+  for _, k in ipairs(redis.call('ZRANGE', ready, 0, room - 1)) do
     pairs_found[#pairs_found + 1] = {k, r}
     redis.call('ZREM', ready, k)
   end
@@ -42,7 +44,8 @@ for _, pair in ipairs(pairs_found) do
   if #scored > 0 then call_chunked({'ZADD', index}, scored, {}, 2) end
   redis.call('DEL', kindex)
 end
-if #pairs_found == 0 then
+local left = redis.call('EXISTS', P .. 'ready:0', P .. 'ready:1', P .. 'ready:2', P .. 'sleeping')
+if left == 0 then
   redis.call('DEL', P .. 'backlog', P .. 'waiting', P .. 'clock', P .. 'fair')
 end
 return #pairs_found

@@ -88,8 +88,10 @@ class Caller:
                 key_fields=self._key_fields,
             )
             token = self._token
-            if task.key is not None:
-                token = self._key_tokens.get(task.key, token)
+            if self._key_fields:
+                # The key the grant's limits are the key's: its member's (Grant.key), which is
+                # what the answer settles and what a 429 closes.
+                token = self._key_tokens.get(grant.key, token)
             request = build_request(
                 task,
                 self._base_url,

@@ -17,6 +17,7 @@ import anyio.lowlevel
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from ..apis import DEFAULT, Api, default_api
@@ -76,27 +77,27 @@ class Dispatcher:
         routed = apis is not None
         names = frozenset(apis) if apis is not None else None
         rng = rng or random.Random()
-        self.lanes: dict[str, Lane] = {}
+        self.lanes: dict[str, Lane] = {}  # each API's first lane: the reader's
+        self.all_lanes: list[Lane] = []  # and a lane for each further credential of a pool
         for api in (apis or {DEFAULT: default_api(settings)}).values():
             keys = Keys.from_settings(api.settings, api.name)
-            limiter = Limiter.from_settings(redis, keys, api.settings)
-            queue = Queue.from_settings(redis, api.settings, limiter, self.guard, api.name)
-            acker = Acker(queue, self.capacity)
-            caller = Caller(
-                api.settings,
-                http,
-                queue,
-                limiter,
-                self.guard,
-                self.metrics,
-                rng,
-                acker,
-                transport,
-                names,
-                api.name,
-                api.key_tokens,
-            )
-            self.lanes[api.name] = Lane(api, keys, limiter, queue, acker, caller)
+            if api.pool:
+                lanes = [
+                    self._lane(
+                        redis, http, api, token_keys,
+                        api.settings.model_copy(update={"api_token": SecretStr(token)}),
+                        rng, transport, names, credential=variable,
+                    )
+                    for token_keys, (variable, token) in zip(
+                        api.pool_keys(keys), api.pool, strict=True
+                    )
+                ]  # fmt: skip
+            else:
+                lanes = [self._lane(redis, http, api, keys, api.settings, rng, transport, names)]
+            for lane in lanes:
+                lane.siblings = lanes
+            self.lanes[api.name] = lanes[0]
+            self.all_lanes += lanes
         default = self.lanes[DEFAULT]
         self.keys, self.limiter, self.queue = default.keys, default.limiter, default.queue
         self.consumers = Consumers(redis, self.keys, settings.consumer, self.guard)
@@ -119,6 +120,29 @@ class Dispatcher:
         ]
         self._callers = 0
         self.in_flight = 0
+
+    def _lane(
+        self,
+        redis: Redis,
+        http: httpx.AsyncClient,
+        api: Api,
+        keys: Keys,
+        settings: Settings,
+        rng: random.Random,
+        transport: httpx.AsyncBaseTransport | None,
+        names: frozenset[str] | None,
+        credential: str = "",
+    ) -> Lane:
+        """A lane of `api`: with its own limits at `keys` and its token in `settings` (for a
+        pool's `credential`, that credential's)."""
+        limiter = Limiter.from_settings(redis, keys, settings)
+        queue = Queue.from_settings(redis, settings, limiter, self.guard, api.name, keys=keys)
+        acker = Acker(queue, self.capacity)
+        caller = Caller(
+            settings, http, queue, limiter, self.guard, self.metrics, rng, acker, transport,
+            names, api.name, api.key_tokens,
+        )  # fmt: skip
+        return Lane(api, keys, limiter, queue, acker, caller, credential=credential)
 
     def stop(self) -> None:
         """Take nothing new; in-flight calls get SHUTDOWN_GRACE_SECONDS to finish."""
@@ -145,12 +169,15 @@ class Dispatcher:
                 for lane in self.lanes.values():
                     limiter = lane.limiter
                     log.info(
-                        "API %s: %s, limits %s%s",
+                        "API %s: %s, limits %s%s%s",
                         lane.name,
                         mask_url(lane.caller.base_url),
                         limiter.limits,
                         f", at most {limiter.max_in_flight} in flight across the fleet"
                         if limiter.max_in_flight
+                        else "",
+                        f", for each of {len(lane.siblings)} credentials (tokens_env)"
+                        if lane.credential
                         else "",
                     )
                 task_status.started()
@@ -158,7 +185,7 @@ class Dispatcher:
                 try:
                     async with anyio.create_task_group() as loops:
                         loops.start_soon(self.reader.run)
-                        for lane in self.lanes.values():
+                        for lane in self.all_lanes:
                             loops.start_soon(self._dispatch_loop, lane)
                         loops.start_soon(self._reclaim_loop)
                 finally:
@@ -305,6 +332,8 @@ class Dispatcher:
                 await anyio.sleep(interval)
                 continue
             await self.consumers.retire(await self.consumers.idle(CONSUMER_PRUNE_MS))
+            for lane in self.lanes.values():
+                await lane.queue.move_keyed_leftovers()
             ids = await self.consumers.stale_ids(min_idle_ms, READ_BATCH)
             if ids:
                 entries, dropped = await self.consumers.reclaim(ids, min_idle_ms)

@@ -3,7 +3,9 @@ acknowledger and caller, and what its dispatch loop knows; the stream, the capac
 reader are the worker's, shared by every lane.
 
 Each lane takes only for its own API, so an API without room never delays another's calls: its
-dispatch loop sleeps until its own limits have room, while the others go on.
+dispatch loop sleeps until its own limits have room, while the others go on. An API with a pool
+of credentials (tokens_env) has a lane for each, with the credential's own limits, all taking
+from the API's one index: a task goes to whichever credential has room first.
 """
 
 from __future__ import annotations
@@ -37,11 +39,16 @@ class Lane:
     # path open, the reader's takes also promote this API's due retries.
     last_take: float = float("-inf")
     wake: anyio.Event = field(default_factory=anyio.Event)
+    # A pool's credential (tokens_env): its variable; '' for an API with one token.
+    credential: str = ""
+    # Every lane of the API (a pool has one for each credential, all taking from one index).
+    siblings: list[Lane] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.api.name
 
     def wake_dispatch(self) -> None:
-        """Its index has work: its dispatch loop takes."""
-        self.wake.set()
+        """Its index has work: the dispatch loops of its API take."""
+        for lane in self.siblings or [self]:
+            lane.wake.set()

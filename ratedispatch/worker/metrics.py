@@ -131,6 +131,11 @@ class Metrics:
             ["api", "term"], registry=r,
         )  # fmt: skip
 
+        self.credential_term_used = Gauge(
+            "ratedispatch_credential_limit_used",
+            "Units busy in each limit term of each credential of an API's pool (tokens_env)",
+            ["api", "credential", "term"], registry=r,
+        )  # fmt: skip
         # By API only: one label value per key would grow without bound.
         self.keys_waiting = Gauge(
             "ratedispatch_keys_waiting", "Keys with tasks waiting for a slot, by API", ["api"],
@@ -167,6 +172,10 @@ class Metrics:
                 self.keys_waiting.labels(name).set(keys.waiting)
                 self.keys_without_room.labels(name).set(keys.without_room)
         for api in status.apis:
+            for credential in api.credentials:
+                for term in credential.terms:
+                    labels = (api.name, credential.variable, term.term)
+                    self.credential_term_used.labels(*labels).set(term.used)
             for priority, count in api.waiting.items():
                 self.api_waiting.labels(api.name, priority).set(count)
             self.api_retrying.labels(api.name).set(api.retrying)
