@@ -136,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--limits", metavar="TERMS",
                       help='several terms at once, e.g. "20/1s, 50/5s" (instead of --limit and '
                       "--window)")  # fmt: skip
+    demo.add_argument("--tenants", action="store_true",
+                      help="many tenants taking turns, and a second API beside them")  # fmt: skip
     return parser
 
 
@@ -214,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .devtools.demo import run_demo  # fakeredis is only needed here
+    from .devtools.tenants import run_tenants_demo
+
+    if args.tenants:
+        logs.configure("ERROR", "text")
+        return 0 if anyio.run(run_tenants_demo, args.workers) else 1
 
     if args.tasks < 1 or args.limit < 1 or args.window <= 0 or args.workers < 1:
         raise ConfigError("demo: --tasks, --limit, --workers must be ≥ 1, --window > 0")

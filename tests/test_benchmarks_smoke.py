@@ -67,3 +67,15 @@ def test_the_many_apis_benchmark_runs_and_writes_its_table(tmp_path: Path) -> No
     assert "alone" in rows[0][0] and "beside" in rows[1][0] and "beside ÷ alone" in rows[2][0]
     for row in rows:  # every figure was measured
         assert re.fullmatch(r"[\d.]+( \([\d.]+, [\d.]+\))? \|", row[2]), row
+
+
+def test_the_many_tenants_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    rows = smoke_table("keys", tmp_path, "--baseline")
+    names = " ".join(row[0] for row in rows)
+    expected_rows = ("fairness", "small tasks called", "the big key meanwhile",
+                     "without a key_field", "take cost, 1 key ", "take cost, 100 keys",
+                     "Redis memory, 100 keys")  # fmt: skip
+    for expected in expected_rows:
+        assert expected in names, (expected, names)
+    for row in rows:  # every figure was measured
+        assert re.match(r"-?[\d.,]+", row[2]), row

@@ -118,6 +118,17 @@ def test_demo_shows_two_terms_at_work(capsys: pytest.CaptureFixture[str]) -> Non
     assert "50 tasks ok" in out
 
 
+def test_demo_of_tenants_shows_the_turns_the_apis_and_the_busiest_keys(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--tenants"]) == 0
+    out = capsys.readouterr().out
+    assert "second  1" in out and "bulk" in out and "small-1" in out
+    # What `status` shows meanwhile: both APIs, and the busiest keys of the default one.
+    assert "api crm" in out and "keys     by tenant:" in out and "busiest 'bulk'" in out
+    assert "64 of 64 tasks done" in out and ": held" in out and ": fair" in out
+
+
 def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
     configure("INFO", "json")
     logging.getLogger("ratedispatch.worker").warning("task %s dead-lettered", "1-1")

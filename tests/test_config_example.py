@@ -30,11 +30,24 @@ def test_the_apis_example_loads(tmp_path: Path) -> None:
 
     token = tmp_path / "llm_token"
     token.write_text("t")
+    shops = tmp_path / "shop-tokens"
+    shops.write_text("acme=shop-token-1\n")
     text = (EXAMPLE.parent / "apis.example.toml").read_text()
     path = tmp_path / "apis.toml"
-    path.write_text(text.replace("/run/secrets/llm_token", str(token)))
+    text = text.replace("/run/secrets/llm_token", str(token))
+    path.write_text(text.replace("/run/secrets/shop-tokens", str(shops)))
     settings = Settings(_env_file=None, api_base_url="https://api.example.com")
-    apis = load_apis(settings, path, {"GITHUB_TOKEN": "t"})
-    assert list(apis) == ["default", "github", "llm"]
+    env = {"GITHUB_TOKEN": "t", "SHOPIFY_APP_TOKEN": "s", "LLM_KEY_1": "1", "LLM_KEY_2": "2",
+           "LLM_KEY_3": "3"}  # fmt: skip
+    apis = load_apis(settings, path, env)
+    assert list(apis) == ["default", "github", "llm", "shopify", "llm-pool"]
     assert str(apis["github"].settings.limit_terms) == "5000/1h, 10/1s burst 5"
     assert apis["llm"].settings.rate_key == "{llm}:rate"
+    shopify = apis["shopify"]
+    assert (shopify.settings.key_field, str(shopify.settings.key_terms)) == ("shop", "2/1s, 40/1m")
+    assert shopify.key_tokens == {"acme": "shop-token-1"}
+    assert [variable for variable, _ in apis["llm-pool"].pool] == [
+        "LLM_KEY_1",
+        "LLM_KEY_2",
+        "LLM_KEY_3",
+    ]

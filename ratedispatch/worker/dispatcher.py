@@ -135,6 +135,8 @@ class Dispatcher:
     ) -> Lane:
         """A lane of `api`: with its own limits at `keys` and its token in `settings` (for a
         pool's `credential`, that credential's)."""
+        # The worker's own name, whatever the API's settings were made from.
+        settings = settings.model_copy(update={"consumer": self._settings.consumer})
         limiter = Limiter.from_settings(redis, keys, settings)
         queue = Queue.from_settings(redis, settings, limiter, self.guard, api.name, keys=keys)
         acker = Acker(queue, self.capacity)
