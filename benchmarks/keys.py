@@ -3,7 +3,8 @@
     python -m benchmarks.keys [--smoke] [--out DIR] [--baseline]
 
 - fairness: one key with a backlog of 20,000 tasks, then 1,000 small keys of 5 tasks each that
-  arrive while it waits (120 tasks a second); the API's limit 200/1s, each key's 50/1s. The time
+  arrive while it waits (160 tasks a second: with the big key's 50, more than the API's 200, so
+  the keys take turns at the API's limit); each key's limit 50/1s. The time
   from enqueue to call of the small keys' tasks (p50, p99, max; the issue asks p99 <= 2 windows),
   and the calls per second the big key still gets meanwhile. With --baseline, the same without a
   key_field: one queue, in which the small keys' tasks wait behind the backlog.
@@ -39,7 +40,9 @@ class FairSizes:
     big: int = 20_000
     small_keys: int = 1_000
     per_small: int = 5
-    small_per_second: float = 120.0  # the small keys' tasks arrive at this rate
+    # The small keys' tasks arrive at this rate: with the big key's 50/1s, more than the API's
+    # 200/1s, so the API's limit is the bottleneck and the keys take turns at it.
+    small_per_second: float = 160.0
     workers: int = 2
 
 
@@ -50,7 +53,7 @@ class CostSizes:
     calls: int = 10_000
 
 
-SMOKE_FAIR = FairSizes(big=400, small_keys=40, per_small=5, small_per_second=100.0)
+SMOKE_FAIR = FairSizes(big=400, small_keys=40, per_small=5, small_per_second=160.0)
 SMOKE_COST = CostSizes(shapes=((1, 300), (100, 3)), calls=200)
 
 

@@ -252,6 +252,12 @@ def load_apis(
                 f"{where}: [apis.{name}] tokens_file" if from_file else f"{ENV_PREFIX}TOKENS_FILE",
             )
         pool = _pool(table, f"{where}: [apis.{name}]", environ if tokens else None)
+        if pool and resolved.tokens_file is not None:
+            raise ConfigError(
+                f"{where}: [apis.{name}] has a pool (tokens_env) and a tokens_file "
+                f"({ENV_PREFIX}TOKENS_FILE): a key's own token would be spent in a pool "
+                "credential's limits; choose one"
+            )
         apis[name] = Api(name, resolved, key_tokens, pool)
     owner: dict[str, str] = {}
     for api in apis.values():

@@ -218,6 +218,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .devtools.demo import run_demo  # fakeredis is only needed here
     from .devtools.tenants import run_tenants_demo
 
+    if args.workers < 1:
+        raise ConfigError("demo: --workers must be ≥ 1")
     if args.tenants:
         logs.configure("ERROR", "text")
         return 0 if anyio.run(run_tenants_demo, args.workers) else 1

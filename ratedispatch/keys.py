@@ -34,6 +34,9 @@ class Keys:
     waiting_consumer: str  # the group consumer that holds every indexed entry
     # With a key_field: the prefix of the keys' indexes, limits and turns (queue/keyed.lua).
     keyed: str | None = None
+    # Where they are (or were, before the API lost its key_field): `<rate_key>:keyed.` of the
+    # API's own RATE_KEY, also for a pool's credential, whose limits are elsewhere.
+    keyed_home: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings, api: str = "default") -> Keys:
@@ -55,6 +58,7 @@ class Keys:
             retry=f"{prefix}retry",
             waiting_consumer="ratedispatch:waiting",
             keyed=f"{settings.rate_key}:{KEYED}" if settings.key_field else None,
+            keyed_home=f"{settings.rate_key}:{KEYED}",
         )
 
     def with_limits(self, rate: str) -> Keys:

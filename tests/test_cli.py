@@ -127,6 +127,7 @@ def test_demo_of_tenants_shows_the_turns_the_apis_and_the_busiest_keys(
     # What `status` shows meanwhile: both APIs, and the busiest keys of the default one.
     assert "api crm" in out and "keys     by tenant:" in out and "busiest 'bulk'" in out
     assert "64 of 64 tasks done" in out and ": held" in out and ": fair" in out
+    assert "not held back" in out
 
 
 def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,7 +23,7 @@ from ratedispatch import build_entry, enqueue
 from ratedispatch.apis import default_api
 from ratedispatch.ops.status import collect, render
 from ratedispatch.queue import read_stream
-from ratedispatch.queue.entries import as_text
+from ratedispatch.queue.entries import Success, as_text
 from ratedispatch.settings import Settings
 from ratedispatch.task import parse_entry
 from ratedispatch.worker.metrics import Metrics
@@ -450,3 +450,53 @@ async def test_a_keys_limits_outlive_its_call_in_flight(redis: Redis) -> None:
     # Time passing is what is tested: no take in between refreshes the key's state.
     await anyio.sleep(2.5)
     assert not (await queue.take(1)).grants, "a second call while the first is in flight"
+
+
+async def test_an_answer_does_not_cut_short_the_limits_of_a_key_with_a_call_in_flight(
+    redis: Redis,
+) -> None:
+    # 2 per 200 ms: after B's answer the key's state would go in 1.6 s, while A is in flight
+    # until its 5 s deadline; then only one more call fits, not two.
+    settings = make_settings(
+        limits="1000/1s",
+        key_field="tenant",
+        key_limits="2/200ms",
+        http_timeout_seconds=5.0,
+        reclaim_idle_seconds=10.0,
+    )
+    queue = queue_for(settings, redis)
+    for n in range(4):
+        await add(redis, settings, "a", n)
+    await index_keyed(redis, settings)
+    first = await queue.take(2)
+    assert len(first.grants) == 2
+    b = first.grants[1]
+    # Time passing is what is tested: B is answered once the key's state is due for a refresh
+    # (half its idle time), which must not shorten its life to less than A's deadline...
+    await anyio.sleep(0.7)
+    await queue.ack_many([Success(b.entry.id, 200, 1, 1, b.stamp, cost=b.cost, key=b.key)])
+    await anyio.sleep(2.0)  # ...and 2 s later, past what it was cut to, A is still in flight
+    assert len((await queue.take(2)).grants) == 1  # A is still in flight
+
+
+async def test_a_heavy_weight_or_a_light_one_does_not_push_a_new_key_behind_the_backlog(
+    redis: Redis,
+) -> None:
+    settings = make_settings(
+        limits="1000/1s", key_field="tenant", key_weights={"heavy": 100.0, "light": 0.01}
+    )
+    queue = queue_for(settings, redis)
+    await queue.prepare_keys()  # the weights, as a starting worker publishes them
+    for n in range(100):
+        await add(redis, settings, "heavy", n)
+    for n in range(3):
+        await add(redis, settings, "light", n)
+    await index_keyed(redis, settings)
+    for _ in range(5):
+        assert (await queue.take(1)).grants
+    await add(redis, settings, "new", 0)
+    await index_keyed(redis, settings)
+    served = []
+    while "new" not in served:
+        served += [grant.key for grant in (await queue.take(1)).grants]
+        assert len(served) <= 10, served  # not behind the heavy key's 95 others

@@ -218,3 +218,20 @@ async def test_an_apis_retry_is_not_held_back_by_another_apis_traffic(
     assert len(flaky_calls) == 2
     # Its retry (a backoff of at most 50 ms) went out while the other API was still busy.
     assert flaky_calls[1] < busy_calls[-1]
+
+
+async def test_a_dead_letter_names_the_apis_own_max_attempts(redis: Redis, tmp_path: Path) -> None:
+    settings = make_settings(max_attempts=3)
+    apis = apis_for(
+        settings,
+        tmp_path,
+        f'[apis.github]\nbase_url = "{GITHUB}"\nlimits = "50/1s"\nmax_attempts = 2\n',
+    )
+    await add(redis, settings, "/flaky", "github")
+    with respx.mock() as api:
+        route = api.get(f"{GITHUB}/flaky").respond(503)
+        async with running(settings, redis, apis=apis):
+            await count_is(redis, settings.dead_letter_stream, 1)
+    [letter] = await fields_of(redis, settings.dead_letter_stream)
+    assert route.call_count == 2
+    assert "gave up after 2 attempts (max_attempts=2 for API 'github')" in letter["reason"]

@@ -15,12 +15,13 @@ from redis.asyncio import Redis
 
 from ratedispatch import build_entry, enqueue
 from ratedispatch.apis import load_apis
+from ratedispatch.errors import ConfigError
 from ratedispatch.ops.status import collect, render
 from ratedispatch.worker.metrics import Metrics
 
-from .conftest import make_settings
+from .conftest import API, make_settings
 from .helpers import count_is, running
-from .test_keys import everything_in
+from .test_keys import everything_in, index_keyed
 
 pytestmark = pytest.mark.anyio
 
@@ -114,3 +115,49 @@ async def test_a_429_closes_only_the_credential_that_got_it(redis: Redis, tmp_pa
     # started beside the refused one, within a few ms, was already on its way).
     later = [at - first for token, at, _ in seen if token == victim and at > first]
     assert all(delay < 0.1 or delay >= 1.9 for delay in later), later
+
+
+async def test_a_pool_api_that_loses_its_key_field_calls_the_tasks_waiting_by_key(
+    redis: Redis, tmp_path: Path
+) -> None:
+    keyed = make_settings(limits="100/1s", key_field="tenant")
+    for n in range(3):
+        await enqueue(redis, keyed.stream, build_entry(f"/c/{n}", fields={"tenant": f"t{n}"}))
+    await index_keyed(redis, keyed)
+    plain = make_settings(limits="100/1s")
+    (tmp_path / "apis.toml").write_text('[apis.default]\ntokens_env = ["LLM_KEY_1", "LLM_KEY_2"]\n')
+    apis = load_apis(plain, tmp_path / "apis.toml", TOKENS)
+    with respx.mock() as api:
+        route = api.get(url__startswith=f"{API}/c/").respond(200)
+        async with running(plain, redis, apis=apis):
+            await count_is(redis, plain.results_stream, 3)
+    assert route.call_count == 3
+
+
+def test_a_pool_and_a_tokens_file_are_refused_together(tmp_path: Path) -> None:
+    (tmp_path / "tokens").write_text("a=tok-a\n")
+    settings = make_settings(key_field="tenant", tokens_file=tmp_path / "tokens")
+    (tmp_path / "apis.toml").write_text('[apis.default]\ntokens_env = ["LLM_KEY_1"]\n')
+    with pytest.raises(ConfigError, match=r"has a pool \(tokens_env\) and a tokens_file"):
+        load_apis(settings, tmp_path / "apis.toml", TOKENS)
+
+
+async def test_status_of_a_default_pool_shows_its_first_credentials_limits(
+    redis: Redis, tmp_path: Path
+) -> None:
+    settings = make_settings(limits="5/1s")
+    (tmp_path / "apis.toml").write_text('[apis.default]\ntokens_env = ["LLM_KEY_1", "LLM_KEY_2"]\n')
+    apis = load_apis(settings, tmp_path / "apis.toml", TOKENS)
+    for n in range(4):
+        await enqueue(redis, settings.stream, build_entry(f"/c/{n}"))
+    with respx.mock() as api:
+        api.get(url__startswith=f"{API}/c/").respond(200)
+        async with running(settings, redis, apis=apis):
+            await count_is(redis, settings.results_stream, 4)
+    status = await collect(
+        redis, settings, load_apis(settings, tmp_path / "apis.toml", tokens=False)
+    )
+    [default] = [a for a in status.apis if a.name == "default"]
+    assert sum(c.terms[0].used for c in default.credentials) == 4
+    assert status.terms[0].used == default.credentials[0].terms[0].used
+    assert status.window_used == default.credentials[0].terms[0].used

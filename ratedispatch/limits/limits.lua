@@ -73,6 +73,9 @@ local function limits_open(rate, flight, hash, spec, cap, now, answered_at, idle
   for part in string.gmatch((values[1] or '') .. ':', '([^:]*):') do calls[#calls + 1] = part end
   L.flight = math.max(tonumber(calls[1]) or 0, 0)
   L.due = tonumber(calls[2])
+  if values[1] == false and flight ~= nil then
+    L.due = 0  -- no state (gone, or never there): count the calls in flight afresh
+  end
   L.ttl_at = tonumber(calls[3]) or 0
   L.closed = tonumber(calls[4]) or 0
   L.costliest = tonumber(calls[5]) or 1
@@ -294,7 +297,9 @@ local function limits_flush(L)
       longest = math.max(longest, term.d)
       if term.kind == 'p' then ahead = math.max(ahead, term.tat - L.now) end
     end
-    redis.call('PEXPIRE', L.hash, math.ceil(2 * longest + ahead + L.idle))
+    -- Never shorter than it is: a key's limits are kept past its calls' deadlines.
+    local ttl = math.ceil(2 * longest + ahead + L.idle)
+    if redis.call('PTTL', L.hash) < ttl then redis.call('PEXPIRE', L.hash, ttl) end
   end
 end
 

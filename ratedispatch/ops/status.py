@@ -115,7 +115,9 @@ async def collect(
     if apis is not None and DEFAULT in apis:
         settings = apis[DEFAULT].settings
     keys = Keys.from_settings(settings)
-    limiter = Limiter.from_settings(redis, keys, settings)
+    # With a pool (tokens_env), the limits shown are its first credential's (`apis` has all).
+    pool = apis[DEFAULT].pool_keys(keys) if apis is not None and DEFAULT in apis else []
+    limiter = Limiter.from_settings(redis, pool[0] if pool else keys, settings)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xlen(keys.stream)
         pipe.zcard(keys.retry)

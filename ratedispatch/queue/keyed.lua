@@ -11,9 +11,12 @@
 --                           cost / weight, so the least served key comes first)
 --   P sleeping              sorted set: "<r><k>" of keys whose own limits had no room, by when
 --                           they may have; their virtual time waits in hash P fair
---   P clock                 hash: each rank's virtual clock, the latest virtual time a key served
---                           there moved on to; a key that starts waiting joins at it, behind the
---                           keys already waiting their turn, so it never takes turns from them
+--   P clock                 hash: each rank's virtual clock, the virtual time of the last turn
+--                           served there (turns are served in order, so it only grows)
+--   P finished              sorted set: "<r><k>" of pairs that ran out of tasks, by the virtual
+--                           time their next turn would have had, while that is ahead of the clock:
+--                           a pair that starts waiting joins at the later of the two, so a key
+--                           that comes back after each turn goes behind the keys waiting theirs
 --   P weights               hash: key_weights (each key's share; 1 when not there)
 --   P backlog               sorted set: each key's waiting tasks (status: the busiest keys)
 --   P waiting               hash: the waiting tasks of each rank
@@ -98,9 +101,13 @@ local function keyed_add(P, members)
       per_rank[group.r] = (per_rank[group.r] or 0) + added
       total = total + added
     end
-    if not had and not redis.call('ZSCORE', P .. 'sleeping', group.r .. group.k) then
+    local pair = group.r .. group.k
+    if not had and not redis.call('ZSCORE', P .. 'sleeping', pair) then
       clocks = clocks or keyed_clocks(P)
-      redis.call('ZADD', P .. 'ready:' .. group.r, 'NX', clocks[group.r], group.k)
+      local finish = tonumber(redis.call('ZSCORE', P .. 'finished', pair))
+      if finish ~= nil then redis.call('ZREM', P .. 'finished', pair) end
+      redis.call('ZADD', P .. 'ready:' .. group.r, 'NX', math.max(clocks[group.r], finish or 0),
+                 group.k)
     end
   end
   for r, n in pairs(per_rank) do redis.call('HINCRBY', P .. 'waiting', r, n) end

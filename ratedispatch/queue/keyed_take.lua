@@ -158,13 +158,15 @@ local function hand_over(k, r, best, vt, cost)
   by_rank[r] = (by_rank[r] or 0) + 1
   by_key[k] = (by_key[k] or 0) + 1
   local finish = vt + cost / weight_of(k)
-  clocks[r] = math.max(clocks[r], finish)
+  clocks[r] = math.max(clocks[r], vt)
   clock_moved = true
   local ready = P .. 'ready:' .. r
   if redis.call('EXISTS', kindex) == 1 then
     redis.call('ZADD', ready, finish, k)
   else
     redis.call('ZREM', ready, k)
+    -- Ahead of the clock: should the key come back before the clock passes it, it rejoins here.
+    redis.call('ZADD', P .. 'finished', finish, r .. k)
   end
   local id = member_id(best)
   local claimed = redis.call('XCLAIM', stream, group, me, 0, id)[1]
@@ -221,6 +223,11 @@ end
 
 if clock_moved then
   redis.call('HSET', P .. 'clock', '0', clocks[0], '1', clocks[1], '2', clocks[2])
+  -- A finish time the clock has passed says nothing any more: a key that comes back joins at
+  -- the clock.  (The ranks' clocks differ: each pair is dropped once its own rank's passes it,
+  -- and until then it may outlive that by a little.)
+  redis.call('ZREMRANGEBYSCORE', P .. 'finished', '-inf',
+             math.min(clocks[0], clocks[1], clocks[2]))
 end
 for rank, n in pairs(by_rank) do redis.call('HINCRBY', P .. 'waiting', rank, -n) end
 if next(by_key) ~= nil then

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from ..errors import ConfigError
 from ..guard import RedisGuard
-from ..keys import KEYED, Keys
+from ..keys import Keys
 from ..limits.limiter import Limiter
 from ..settings import Settings
 from ..task import Priority, Task
@@ -135,7 +135,7 @@ class Queue:
         where its takes look. At start-up, and now and then (queue/unkey.lua)."""
         if self.keys.keyed is not None:
             return
-        prefix = f"{self.keys.rate}:{KEYED}"
+        prefix = self.keys.keyed_home
         keyed = [f"{prefix}ready:{int(rank)}" for rank in Priority] + [f"{prefix}sleeping"]
 
         async def unkey() -> Any:

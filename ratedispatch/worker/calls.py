@@ -69,6 +69,10 @@ class Caller:
         key_field = settings.key_field
         self._key_fields = {api: key_field} if key_field is not None else {}
         self._key_tokens = key_tokens or {}
+        # Where the limit on attempts comes from, as a dead letter's reason names it.
+        self._max_attempts = f"RATEDISPATCH_MAX_ATTEMPTS={settings.max_attempts}"
+        if api != "default":
+            self._max_attempts = f"max_attempts={settings.max_attempts} for API {api!r}"
 
     @property
     def base_url(self) -> str:
@@ -118,7 +122,7 @@ class Caller:
             # Counted attempts include calls cut short by a crash: the limit still holds.
             reason = (
                 f"gave up after {grant.attempt - 1} attempts "
-                f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}); "
+                f"({self._max_attempts}); "
                 "the last one was interrupted by a worker stopping"
             )
             await self._bury_uncalled(grant, reason, "interrupted")
@@ -213,7 +217,7 @@ class Caller:
                 kind = "exhausted"
                 reason = (
                     f"gave up after {grant.attempt} attempt{'s' if grant.attempt != 1 else ''} "
-                    f"(RATEDISPATCH_MAX_ATTEMPTS={self._settings.max_attempts}): {reason}"
+                    f"({self._max_attempts}): {reason}"
                 )
             recorded = await self.bury(
                 entry_id,
