@@ -41,6 +41,7 @@ DEFAULT = "default"
 # An API's name is an entry's `api` field, a metric label and part of key names: kept plain.
 API_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 CONFIG_VARIABLE = f"{ENV_PREFIX}CONFIG"
+# A name in tokens_env: an environment variable's, as a shell would accept it.
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # A token goes into a header as it is: whitespace or a control character inside is a mistake.
 _UNSAFE_TOKEN = re.compile(r"[\x00-\x20\x7f]")
@@ -146,8 +147,7 @@ def default_api(settings: Settings) -> Api:
 
 def read_key_tokens(path: Path, where: str) -> dict[str, str]:
     """A tokens_file: `key=token` lines, spaces around either ignored (blank lines and `#`
-    comments skipped). ConfigError,
-    naming the line but never showing a token, if one is wrong."""
+    comments skipped). ConfigError, naming the line but never showing a token, if one is wrong."""
     at = f"{where}={str(path)!r}"
     try:
         text = path.read_text(encoding="utf-8")

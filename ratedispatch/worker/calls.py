@@ -93,8 +93,8 @@ class Caller:
             )
             token = self._token
             if self._key_fields:
-                # The key the grant's limits are the key's: its member's (Grant.key), which is
-                # what the answer settles and what a 429 closes.
+                # The grant's key (its index member's): the key whose limits the call counts
+                # in, and whose limits a 429 to its own token closes.
                 token = self._key_tokens.get(grant.key, token)
             request = build_request(
                 task,

@@ -77,8 +77,8 @@ class Dispatcher:
         routed = apis is not None
         names = frozenset(apis) if apis is not None else None
         rng = rng or random.Random()
-        self.lanes: dict[str, Lane] = {}  # each API's first lane: the reader's
-        self.all_lanes: list[Lane] = []  # and a lane for each further credential of a pool
+        self.lanes: dict[str, Lane] = {}  # each API's first lane: the one the reader feeds
+        self.all_lanes: list[Lane] = []  # every lane: one per API, or per credential of a pool
         for api in (apis or {DEFAULT: default_api(settings)}).values():
             keys = Keys.from_settings(api.settings, api.name)
             if api.pool:
