@@ -2,9 +2,14 @@
 independent observer of every call in the soak run and the benchmarks.
 
     python -m ratedispatch.mockapi --port 8080 [--latency 0.02] [--fail-rate 0.05] [--log FILE]
+                                   [--quota N/SECONDS [--announce x-ratelimit|draft]]
 
 Answers every request with 200 and a small JSON body (or 503 at `--fail-rate`), and prints the
 calls it received in each second, so the limit can be seen holding from the API's side.
+`--quota 20/2` enforces a quota of its own, as a real API does: N calls in each fixed window of
+SECONDS (windows of its clock), 429 with `Retry-After` beyond; `--announce` says where a client
+stands on every answer, in `X-RateLimit-Limit/-Remaining/-Reset` (the reset as epoch seconds, as
+GitHub sends it) or in the IETF draft's `RateLimit-Policy` and `RateLimit`.
 `--log` writes one line per call when the server stops (SIGTERM or SIGINT): its arrival time
 (CLOCK_MONOTONIC seconds, comparable across the processes of one machine), the Idempotency-Key,
 the `prio` query parameter and the status answered. SIGUSR1 starts a 3-second storm of 503s.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import signal
 import sys
@@ -29,26 +35,71 @@ from urllib.parse import parse_qs, urlsplit
 
 # A request head larger than this is refused: the mock has no reason to buffer more.
 MAX_HEAD_BYTES = 65_536
+REASONS = {200: "OK", 429: "Too Many Requests", 503: "Service Unavailable"}
 STORM_SECONDS = 3.0
+
+
+ANNOUNCE = ("none", "x-ratelimit", "draft")
+
+
+class Quota:
+    """The API's own quota: `count` calls in each fixed window of `seconds` of its clock."""
+
+    def __init__(self, count: int, seconds: float, announce: str = "none") -> None:
+        self.count, self.seconds, self.announce = count, seconds, announce
+        self._window, self._used = -1, 0
+
+    def admit(self, at: float) -> tuple[bool, list[tuple[str, str]]]:
+        """Whether the call at `at` fits, and the headers that say where the client stands."""
+        window = int(at // self.seconds)
+        if window != self._window:
+            self._window, self._used = window, 0
+        admitted = self._used < self.count
+        self._used += admitted
+        reset = (window + 1) * self.seconds - at
+        remaining = self.count - self._used
+        headers = [] if admitted else [("Retry-After", str(math.ceil(reset)))]
+        if self.announce == "x-ratelimit":
+            headers += [
+                ("X-RateLimit-Limit", str(self.count)),
+                ("X-RateLimit-Remaining", str(remaining)),
+                ("X-RateLimit-Reset", str(math.ceil(time.time() + reset))),
+            ]
+        elif self.announce == "draft":
+            headers += [
+                ("RateLimit-Policy", f'"quota";q={self.count};w={self.seconds:g}'),
+                ("RateLimit", f'"quota";r={remaining};t={math.ceil(reset)}'),
+            ]
+        return admitted, headers
 
 
 class Recorder:
     """The calls seen: (arrival, idempotency key, prio, status), kept in memory."""
 
-    def __init__(self, latency: float, fail_rate: float, seed: int | None = None) -> None:
+    def __init__(
+        self, latency: float, fail_rate: float, seed: int | None = None, quota: Quota | None = None
+    ) -> None:
         self.latency = latency
         self.fail_rate = fail_rate
+        self.quota = quota
         self.storm_until = 0.0
         self.calls: list[tuple[float, str, str, int]] = []
         self._rng = random.Random(seed)
 
     def answer(self, at: float, key: str, prio: str) -> int:
+        return self.respond(at, key, prio)[0]
+
+    def respond(self, at: float, key: str, prio: str) -> tuple[int, list[tuple[str, str]]]:
+        """The status of the call arriving at `at`, and the headers to answer with."""
         failed = at < self.storm_until or (
             self.fail_rate > 0 and self._rng.random() < self.fail_rate
         )
-        status = 503 if failed else 200
+        status, headers = (503 if failed else 200), list[tuple[str, str]]()
+        if self.quota is not None and not failed:
+            admitted, headers = self.quota.admit(at)
+            status = 200 if admitted else 429
         self.calls.append((at, key, prio, status))
-        return status
+        return status, headers
 
     def storm(self) -> None:
         self.storm_until = time.monotonic() + STORM_SECONDS
@@ -94,10 +145,11 @@ class _Connection(asyncio.Protocol):
             parts = head[0].split(" ")
             target = parts[1] if len(parts) > 1 else "/"
             prio = parse_qs(urlsplit(target).query).get("prio", [""])[0]
-            status = self._recorder.answer(at, headers.get("idempotency-key", ""), prio)
+            status, extra = self._recorder.respond(at, headers.get("idempotency-key", ""), prio)
             body = json.dumps({"ok": status == 200, "path": target}).encode()
+            lines = "".join(f"{name}: {value}\r\n" for name, value in extra)
             response = (
-                f"HTTP/1.1 {status} {'OK' if status == 200 else 'Service Unavailable'}\r\n"
+                f"HTTP/1.1 {status} {REASONS[status]}\r\n{lines}"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode() + body
             if self._recorder.latency:
@@ -152,10 +204,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fail-rate", type=float, default=0.0, help="share of 503 answers")
     parser.add_argument("--log", help="write one line per call to this file when stopped")
     parser.add_argument("--quiet", action="store_true", help="no per-second report")
+    parser.add_argument("--quota", metavar="N/SECONDS",
+                        help="enforce N calls per fixed window of SECONDS, 429 beyond")  # fmt: skip
+    parser.add_argument("--announce", choices=ANNOUNCE, default="none",
+                        help="with --quota: say where a client stands on every answer")  # fmt: skip
     args = parser.parse_args(argv)
     if args.latency < 0 or not 0 <= args.fail_rate <= 1:
         parser.error("--latency must be >= 0 and --fail-rate between 0 and 1")
-    recorder = Recorder(args.latency, args.fail_rate)
+    quota = None
+    if args.quota is not None:
+        count, _, seconds = args.quota.partition("/")
+        try:
+            quota = Quota(int(count), float(seconds), args.announce)
+        except ValueError:
+            parser.error(f"--quota {args.quota!r}: expected N/SECONDS, e.g. 20/2")
+        if quota.count < 1 or not quota.seconds > 0:
+            parser.error(f"--quota {args.quota!r}: N must be at least 1 and SECONDS above 0")
+    elif args.announce != "none":
+        parser.error("--announce needs --quota: there is nothing to announce without one")
+    recorder = Recorder(args.latency, args.fail_rate, quota=quota)
 
     async def run() -> None:
         stop = asyncio.Event()
