@@ -12,7 +12,7 @@ from typing import cast
 import pytest
 import redis as redis_sync
 
-from ratedispatch.devtools.audit import Call, first_window_of, fixed_windows
+from ratedispatch.devtools.audit import Call, busiest, first_window_of, fixed_windows
 
 from .e2e_support import ApiServer, wait_for, workers
 from .redis_server import RedisServer
@@ -224,3 +224,38 @@ def test_unreachable_redis_at_start_is_one_clear_line_and_a_retry(tmp_path: Path
     assert "redis://:***@127.0.0.1" in log and "hunter2" not in log
     assert log.count("is unreachable") == 1
     assert "Traceback" not in log
+
+
+def test_three_workers_keep_each_keys_limits_and_a_key_without_room_delays_no_other(
+    client: redis_sync.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # Keys by the entry field `prio` (the local API logs it): one big key queued first, then six
+    # small ones; each key at 5/1s, the API at 30/1s.
+    ids: dict[str, str] = {}
+    for n in range(40):
+        ids[cast(bytes, client.xadd(STREAM, {"endpoint": f"/b/{n}", "prio": "big"})).decode()] = (
+            "big"
+        )
+    for key in range(6):
+        for n in range(5):
+            fields = {"endpoint": f"/s/{n}", "prio": f"small-{key}"}
+            ids[cast(bytes, client.xadd(STREAM, fields)).decode()] = f"small-{key}"
+    with ApiServer() as api:
+        env = worker_env(redis_server.url, api, LIMITS="30/1s", KEY_FIELD="prio", KEY_LIMITS="5/1s")
+        del env["RATEDISPATCH_RATE_LIMIT"], env["RATEDISPATCH_RATE_WINDOW_SECONDS"]
+        with workers(tmp_path, env, 3) as pool:
+            wait_for(lambda: client.xlen(RESULTS) >= 70, 45, "70 results")
+            assert pool.terminate_all() == [0, 0, 0]
+        calls = api.snapshot()
+    assert max(api.called_per_task().values()) == 1 and set(api.called_per_task()) == set(ids)
+    start = min(c.at for c in calls)
+    for key in set(ids.values()):
+        times = [c.at for c in calls if c.priority == key]
+        # Judged as the API saw them, less the local API's own lateness in logging a call.
+        assert busiest(times, 1.0 - OBSERVER_JITTER) <= 5, key
+    small_done = max(c.at for c in calls if c.priority != "big") - start
+    big_done = max(c.at for c in calls if c.priority == "big") - start
+    # 40 tasks at 5 a second take the big key over 7 s; the small keys do not wait for it.
+    assert small_done < 3.0 < 7.0 < big_done
+    assert client.xpending(STREAM, "api-workers")["pending"] == 0
+    print(f"\nE2E keys: small keys done after {small_done:.2f}s, the big key after {big_done:.2f}s")
