@@ -236,10 +236,10 @@ def test_three_workers_keep_each_keys_limits_and_a_key_without_room_delays_no_ot
         ids[cast(bytes, client.xadd(STREAM, {"endpoint": f"/b/{n}", "prio": "big"})).decode()] = (
             "big"
         )
-    for key in range(6):
+    for small in range(6):
         for n in range(5):
-            fields = {"endpoint": f"/s/{n}", "prio": f"small-{key}"}
-            ids[cast(bytes, client.xadd(STREAM, fields)).decode()] = f"small-{key}"
+            entry = client.xadd(STREAM, {"endpoint": f"/s/{n}", "prio": f"small-{small}"})
+            ids[cast(bytes, entry).decode()] = f"small-{small}"
     with ApiServer() as api:
         env = worker_env(redis_server.url, api, LIMITS="30/1s", KEY_FIELD="prio", KEY_LIMITS="5/1s")
         del env["RATEDISPATCH_RATE_LIMIT"], env["RATEDISPATCH_RATE_WINDOW_SECONDS"]
