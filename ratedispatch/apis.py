@@ -252,11 +252,10 @@ def load_apis(
                 f"{where}: [apis.{name}] tokens_file" if from_file else f"{ENV_PREFIX}TOKENS_FILE",
             )
         pool = _pool(table, f"{where}: [apis.{name}]", environ if tokens else None)
-        if pool and resolved.tokens_file is not None:
+        if pool and resolved.tokens_file is not None:  # its own, or the environment's
             raise ConfigError(
-                f"{where}: [apis.{name}] has a pool (tokens_env) and a tokens_file "
-                f"({ENV_PREFIX}TOKENS_FILE): a key's own token would be spent in a pool "
-                "credential's limits; choose one"
+                f"{where}: [apis.{name}] has a pool (tokens_env) and a tokens_file: a key's own "
+                "token would be spent in a pool credential's limits; choose one"
             )
         apis[name] = Api(name, resolved, key_tokens, pool)
     owner: dict[str, str] = {}
@@ -289,11 +288,6 @@ def _resolve(
     given = [k for k in ("token_env", "token_file", "tokens_env") if getattr(table, k) is not None]
     if len(given) > 1:
         raise ConfigError(f"{at} sets both {given[0]} and {given[1]}: choose one")
-    if table.tokens_env is not None and table.tokens_file is not None:
-        raise ConfigError(
-            f"{at} sets both tokens_env and tokens_file: a key's own token would be spent in a "
-            "pool credential's limits; choose one"
-        )
     update: dict[str, Any] = {
         field: value
         for field, value in (

@@ -65,6 +65,10 @@ class Keys:
         """These keys with limits of their own at `rate` (and beside it): a pool's credential."""
         return replace(self, rate=rate, flight=f"{rate}:flight", terms=f"{rate}:terms")
 
+    def key_terms(self, key: str) -> str:
+        """Key `key`'s limits' state (queue/keyed.lua: keyed_terms)."""
+        return self.keyed_name(f"key:{key}:terms")
+
     def keyed_name(self, name: str) -> str:
         """`ready:0`, `backlog`, ... under the keyed prefix (queue/keyed.lua names them)."""
         if self.keyed is None:

@@ -15,6 +15,7 @@ from ratedispatch.guard import RedisGuard
 from ratedispatch.keys import Keys
 from ratedispatch.limits.limiter import Limiter, TermState, Window
 from ratedispatch.queue import Consumers, Entry, Queue, read_stream
+from ratedispatch.queue.entries import as_text
 from ratedispatch.task import Priority, Task, parse_entry
 
 from .conftest import read_block_ms
@@ -46,6 +47,22 @@ async def fields_of(redis: Redis, stream: str) -> list[dict[str, str]]:
         {k.decode(): v.decode() for k, v in e.fields.items()}
         for e in await read_stream(redis, stream)
     ]
+
+
+async def everything_in(redis: Redis) -> list[str]:
+    """Every value in Redis, as text: to check that no secret reached it."""
+    stored = []
+    for key in await redis.keys("*"):
+        kind = as_text(await redis.type(key))
+        if kind == "stream":
+            stored += [repr(entry.fields) for entry in await read_stream(redis, as_text(key))]
+        elif kind == "hash":
+            stored.append(repr(await redis.hgetall(key)))
+        elif kind == "zset":
+            stored.append(repr(await redis.zrange(key, 0, -1, withscores=True)))
+        else:
+            stored.append(repr(await redis.get(key)))
+    return stored
 
 
 async def count_is(redis: Redis, stream: str, n: int) -> None:

@@ -22,14 +22,13 @@ from redis.asyncio import Redis
 from ratedispatch import build_entry, enqueue
 from ratedispatch.apis import default_api
 from ratedispatch.ops.status import collect, render
-from ratedispatch.queue import read_stream
 from ratedispatch.queue.entries import Success, as_text
 from ratedispatch.settings import Settings
 from ratedispatch.task import parse_entry
 from ratedispatch.worker.metrics import Metrics
 
 from .conftest import API, make_settings
-from .helpers import count_is, eventually, fields_of, index_all, queue_for, running
+from .helpers import count_is, eventually, everything_in, fields_of, index_all, queue_for, running
 
 pytestmark = pytest.mark.anyio
 
@@ -211,22 +210,6 @@ async def test_each_keys_calls_carry_its_own_token_and_no_token_is_stored(
     stored = [caplog.text, *await everything_in(redis)]
     for token in ("tok-acme-1", "tok-globex-2", "api-token-0"):
         assert all(token not in text for text in stored), token
-
-
-async def everything_in(redis: Redis) -> list[str]:
-    """Every value in Redis, as text."""
-    stored = []
-    for key in await redis.keys("*"):
-        kind = as_text(await redis.type(key))
-        if kind == "stream":
-            stored += [repr(entry.fields) for entry in await read_stream(redis, as_text(key))]
-        elif kind == "hash":
-            stored.append(repr(await redis.hgetall(key)))
-        elif kind == "zset":
-            stored.append(repr(await redis.zrange(key, 0, -1, withscores=True)))
-        else:
-            stored.append(repr(await redis.get(key)))
-    return stored
 
 
 async def key_names(redis: Redis, pattern: str) -> Sequence[str]:
@@ -430,16 +413,21 @@ async def test_a_sleeping_key_does_not_hold_back_a_key_that_comes_later(redis: R
     assert max(at for t, _, at, _ in calls.seen if t == "b") - added < 2.0
 
 
-async def test_a_keys_limits_outlive_its_call_in_flight(redis: Redis) -> None:
-    # 1 per 200 ms: the key's state would be gone 1.6 s after its take, long before the call's
-    # 5 s deadline; while the call is in flight the key must stay without room.
-    settings = make_settings(
+def long_calls(key_limits: str) -> Settings:
+    """Keys with `key_limits`, and calls that may take 5 s: far longer than the key's terms."""
+    return make_settings(
         limits="1000/1s",
         key_field="tenant",
-        key_limits="1/200ms",
+        key_limits=key_limits,
         http_timeout_seconds=5.0,
         reclaim_idle_seconds=10.0,
     )
+
+
+async def test_a_keys_limits_outlive_its_call_in_flight(redis: Redis) -> None:
+    # 1 per 200 ms: the key's state would be gone 1.6 s after its take, long before the call's
+    # 5 s deadline; while the call is in flight the key must stay without room.
+    settings = long_calls("1/200ms")
     queue = queue_for(settings, redis)
     for n in range(2):
         await add(redis, settings, "a", n)
@@ -457,13 +445,7 @@ async def test_an_answer_does_not_cut_short_the_limits_of_a_key_with_a_call_in_f
 ) -> None:
     # 2 per 200 ms: after B's answer the key's state would go in 1.6 s, while A is in flight
     # until its 5 s deadline; then only one more call fits, not two.
-    settings = make_settings(
-        limits="1000/1s",
-        key_field="tenant",
-        key_limits="2/200ms",
-        http_timeout_seconds=5.0,
-        reclaim_idle_seconds=10.0,
-    )
+    settings = long_calls("2/200ms")
     queue = queue_for(settings, redis)
     for n in range(4):
         await add(redis, settings, "a", n)

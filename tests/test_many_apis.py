@@ -20,13 +20,11 @@ from ratedispatch import build_entry, enqueue
 from ratedispatch.apis import Api, load_apis
 from ratedispatch.keys import Keys
 from ratedispatch.ops.status import collect, render
-from ratedispatch.queue import read_stream
-from ratedispatch.queue.entries import as_text
 from ratedispatch.settings import Settings
 from ratedispatch.worker.metrics import Metrics
 
 from .conftest import API, make_settings
-from .helpers import count_is, eventually, fields_of, index_all, queue_for, running
+from .helpers import count_is, eventually, everything_in, fields_of, index_all, queue_for, running
 
 pytestmark = pytest.mark.anyio
 
@@ -71,17 +69,7 @@ async def test_each_entry_is_called_on_its_api_with_that_apis_token(
         assert call.request.headers["Authorization"] == "Bearer default-token"
     assert {r["status"] for r in await fields_of(redis, settings.results_stream)} == {"ok"}
     # The tokens reach the APIs only: not Redis, not the logs.
-    stored = [caplog.text]
-    for key in await redis.keys("*"):
-        kind = as_text(await redis.type(key))
-        if kind == "stream":
-            stored += [repr(entry.fields) for entry in await read_stream(redis, as_text(key))]
-        elif kind == "hash":
-            stored.append(repr(await redis.hgetall(key)))
-        elif kind == "zset":
-            stored.append(repr(await redis.zrange(key, 0, -1)))
-        else:
-            stored.append(repr(await redis.get(key)))
+    stored = [caplog.text, *await everything_in(redis)]
     for token in ("gh-token", "default-token"):
         assert all(token not in text for text in stored), token
 

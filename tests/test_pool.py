@@ -20,8 +20,8 @@ from ratedispatch.ops.status import collect, render
 from ratedispatch.worker.metrics import Metrics
 
 from .conftest import API, make_settings
-from .helpers import count_is, running
-from .test_keys import everything_in, index_keyed
+from .helpers import count_is, everything_in, running
+from .test_keys import index_keyed
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +140,12 @@ def test_a_pool_and_a_tokens_file_are_refused_together(tmp_path: Path) -> None:
     (tmp_path / "apis.toml").write_text('[apis.default]\ntokens_env = ["LLM_KEY_1"]\n')
     with pytest.raises(ConfigError, match=r"has a pool \(tokens_env\) and a tokens_file"):
         load_apis(settings, tmp_path / "apis.toml", TOKENS)
+    # Both in the API's own table: the same.
+    (tmp_path / "apis.toml").write_text(
+        '[apis.default]\ntokens_env = ["LLM_KEY_1"]\nkey_field = "t"\ntokens_file = "tokens"\n'
+    )
+    with pytest.raises(ConfigError, match=r"has a pool \(tokens_env\) and a tokens_file"):
+        load_apis(make_settings(), tmp_path / "apis.toml", TOKENS)
 
 
 async def test_status_of_a_default_pool_shows_its_first_credentials_limits(

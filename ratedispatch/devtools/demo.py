@@ -6,12 +6,14 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TextIO
 
 import anyio
 import fakeredis
 import httpx
 
+from ..apis import Api
 from ..producer import build_entry, enqueue
 from ..queue.entries import read_stream
 from ..settings import Settings
@@ -46,6 +48,27 @@ class MockApi:
         if self._rng.random() < 0.04:
             return httpx.Response(503, json={"error": "try again"})
         return httpx.Response(200, json={"ok": True})
+
+
+def embedded_workers(
+    settings: Settings,
+    server: fakeredis.FakeServer,
+    api: Callable[[httpx.Request], Coroutine[None, None, httpx.Response]],
+    count: int,
+    apis: Mapping[str, Api] | None = None,
+) -> list[Dispatcher]:
+    """`count` workers on the embedded Redis, calling the in-process `api`."""
+    return [
+        Dispatcher(
+            settings.model_copy(update={"consumer": f"demo-worker-{n}"}),
+            fakeredis.FakeAsyncRedis(server=server),
+            httpx.AsyncClient(transport=httpx.MockTransport(api)),
+            apis=apis,
+            rng=random.Random(n),
+            read_block_ms=0,  # the embedded Redis does not wake blocked reads
+        )
+        for n in range(count)
+    ]
 
 
 def _bar(counts: Counter[str], limit: int) -> str:
@@ -101,16 +124,7 @@ async def run_demo(
         f"each line is one window: H high, N normal, L low, . unused slot\n",
         file=out,
     )
-    dispatchers = [
-        Dispatcher(
-            settings.model_copy(update={"consumer": f"demo-worker-{n}"}),
-            fakeredis.FakeAsyncRedis(server=server),
-            httpx.AsyncClient(transport=httpx.MockTransport(api)),
-            rng=random.Random(n),
-            read_block_ms=0,
-        )
-        for n in range(workers)
-    ]
+    dispatchers = embedded_workers(settings, server, api, workers)
     results = settings.results_stream
     deadline = time.monotonic() + max(20.0, 3 * (tasks / limit) * window)
     shown = 0

@@ -7,7 +7,6 @@ without waiting for either. The status an operator would see is printed as it ru
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from collections import Counter
@@ -21,8 +20,8 @@ from ..apis import DEFAULT, Api
 from ..ops.status import collect, render
 from ..producer import build_entry, enqueue
 from ..settings import Settings
-from ..worker.dispatcher import Dispatcher
 from .audit import busiest
+from .demo import embedded_workers
 
 BASE_URL = "http://tenants.demo.invalid"
 CRM_URL = "http://crm.demo.invalid"
@@ -83,17 +82,7 @@ async def run_tenants_demo(workers: int = 2, out: TextIO | None = None) -> bool:
         "each line is one second: the calls of each tenant (and of crm)\n",
         file=out,
     )
-    dispatchers = [
-        Dispatcher(
-            settings.model_copy(update={"consumer": f"demo-worker-{n}"}),
-            fakeredis.FakeAsyncRedis(server=server),
-            httpx.AsyncClient(transport=httpx.MockTransport(api)),
-            apis=apis,
-            rng=random.Random(n),
-            read_block_ms=0,
-        )
-        for n in range(workers)
-    ]
+    dispatchers = embedded_workers(settings, server, api, workers, apis)
     total = BULK + SMALL * PER_SMALL + CRM_TASKS
     arrived: dict[str, float] = {}
     deadline = time.monotonic() + 30

@@ -144,9 +144,9 @@ class Limiter:
         key_limits only); returns the seconds set."""
         ms = max(1, math.ceil(seconds * 1000))
         if key is not None:
-            if self._keys.keyed is None or self.key_limits is None:
+            if self.key_limits is None:
                 raise ValueError("only an API with key_field and key_limits has a key's limits")
-            terms = f"{self._keys.keyed}key:{key}:terms"  # queue/keyed.lua: keyed_terms
+            terms = self._keys.key_terms(key)
             args = CloseArgs(self.key_spec, ms, False)
             closed = await self._close(CloseKeys(terms, terms), args)
         else:

@@ -269,6 +269,12 @@ local function limits_settle(L, answers)
   L.calls_dirty = true
 end
 
+-- Keep `key` (if it is there) at least `ms` longer: a longer TTL stays, never cut short.
+local function limits_keep(key, ms)
+  local ttl = redis.call('PTTL', key)
+  if ttl ~= -2 and ttl < ms then redis.call('PEXPIRE', key, ms) end
+end
+
 -- Write what the script changed: one HSET, an HINCRBY for a bucket not read, one HDEL.
 local function limits_flush(L)
   if L.calls_dirty then
@@ -298,8 +304,7 @@ local function limits_flush(L)
       if term.kind == 'p' then ahead = math.max(ahead, term.tat - L.now) end
     end
     -- Never shorter than it is: a key's limits are kept past its calls' deadlines.
-    local ttl = math.ceil(2 * longest + ahead + L.idle)
-    if redis.call('PTTL', L.hash) < ttl then redis.call('PEXPIRE', L.hash, ttl) end
+    limits_keep(L.hash, math.ceil(2 * longest + ahead + L.idle))
   end
 end
 

@@ -166,11 +166,12 @@ async def _api(redis: Redis, api: Api) -> ApiStatus:
     for (variable, _), token_keys in zip(api.pool, api.pool_keys(keys), strict=True):
         state = await Limiter.from_settings(redis, token_keys, api.settings).state()
         credentials.append(CredentialStatus(variable, state.terms, state.calls_in_flight))
-    limits = await Limiter.from_settings(redis, keys, api.settings).state()
-    terms, in_flight = limits.terms, limits.calls_in_flight
-    if credentials:
+    if credentials:  # the API's own limits are not used: each credential's are
         terms = credentials[0].terms
         in_flight = sum(c.calls_in_flight for c in credentials)
+    else:
+        limits = await Limiter.from_settings(redis, keys, api.settings).state()
+        terms, in_flight = limits.terms, limits.calls_in_flight
     return ApiStatus(
         name=api.name,
         waiting=await _waiting(redis, keys),

@@ -42,8 +42,7 @@
 -- include: lua/clock.lua
 -- include: lua/chunks.lua
 -- include: queue/indexing.lua
--- include: queue/successes.lua
--- include: limits/limits.lua
+-- include: queue/recording.lua
 -- include: queue/keyed.lua
 local GRANTED, FULL, EMPTY, READ_ON = 1, 0, 2, 4
 -- Keys one take finds without room and puts to sleep (or entries it finds deleted), at most,
@@ -64,28 +63,14 @@ local pending_bound = tonumber(ARGV[9])
 local drained = ARGV[10] == '1'
 local keep = ARGV[11] == '1'
 local deadline_ms = tonumber(ARGV[12])
-local succeeded = tonumber(ARGV[17])
 local P, kspec = ARGV[18], ARGV[19]
 local key_max_cost = tonumber(ARGV[20])
 local weighted = ARGV[21] == '1'
-local SUCCESSES = 22
-local fresh = {}
-for i = SUCCESSES + succeeded * SUCCESS_WIDTH, #ARGV do fresh[#fresh + 1] = ARGV[i] end
+local fresh = take_fresh()
 local now, stamp = clock()
 
--- As in queue/take.lua: under OOM, a take that may start calls writes first what may add memory.
-if succeeded > 0 and want > 0 then
-  redis.call('HSETNX', terms, 'calls', '0::0:0:1')
-end
-local recorded, answered = successes_record(stream, results, group, me, tonumber(ARGV[13]),
-                                         ARGV[14] == '1', ARGV[15], ARGV[16], pending_bound,
-                                         SUCCESSES, succeeded, now)
-local answers, answered_at = limits_answers(now, answered)
-local L = nil
-if #answers > 0 then
-  L = limits_open(rate, flight, terms, spec, max_in_flight, now, answered_at)
-  limits_settle(L, answers)
-end
+local recorded, answered, L = take_record(stream, results, group, me, rate, flight, terms, spec,
+                                          max_in_flight, pending_bound, want, now)
 keyed_record(P, kspec, now, answered)
 local function done(reply)
   if L ~= nil then limits_flush(L) end
@@ -234,11 +219,6 @@ if next(by_key) ~= nil then
   for k, n in pairs(by_key) do redis.call('ZINCRBY', P .. 'backlog', -n, k) end
   redis.call('ZREMRANGEBYSCORE', P .. 'backlog', '-inf', 0)
 end
--- Keep `key` at least `ms` longer (a longer TTL stays).
-local function keep_for(key, ms)
-  local ttl = redis.call('PTTL', key)
-  if ttl ~= -2 and ttl < ms then redis.call('PEXPIRE', key, ms) end
-end
 for _, KL in pairs(opened) do
   limits_flush(KL)
   -- A key's limits must outlive its calls in flight (else a long call's key would look idle and
@@ -246,8 +226,8 @@ for _, KL in pairs(opened) do
   -- term.  A dead worker's call leaves the flight at a take of that key; if none comes, the
   -- flight goes with them.
   if KL.charged then
-    keep_for(KL.hash, deadline_ms + KL.idle)
-    keep_for(KL.flight_key, deadline_ms + KL.idle)
+    limits_keep(KL.hash, deadline_ms + KL.idle)
+    limits_keep(KL.flight_key, deadline_ms + KL.idle)
   end
 end
 

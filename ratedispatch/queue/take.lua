@@ -68,8 +68,7 @@
 -- include: lua/clock.lua
 -- include: lua/chunks.lua
 -- include: queue/indexing.lua
--- include: queue/successes.lua
--- include: limits/limits.lua
+-- include: queue/recording.lua
 local GRANTED, FULL, EMPTY, GRANTED_FRESH, READ_ON = 1, 0, 2, 3, 4
 local rate, index, retry, stream, flight, terms = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
                                                   KEYS[6]
@@ -84,31 +83,14 @@ local pending_bound = tonumber(ARGV[9])
 local drained = ARGV[10] == '1'
 local keep = ARGV[11] == '1'
 local deadline_ms = tonumber(ARGV[12])
-local succeeded = tonumber(ARGV[17])
-local SUCCESSES = 22
-local fresh = {}
-for i = SUCCESSES + succeeded * SUCCESS_WIDTH, #ARGV do fresh[#fresh + 1] = ARGV[i] end
+local fresh = take_fresh()
 local now, stamp = clock()
 
--- Under OOM, Redis refuses a script only at its first write that may add memory: once it has
--- written anything, it lets it run whole.  Recording successes alone may run (it frees the
--- memory of the entries it deletes), but a take that may start calls must not, so its first
--- write is one that may add memory: this no-op (the field is there, or is set to the state a
--- missing field reads as; limits_flush writes it in full).
-if succeeded > 0 and want > 0 then
-  redis.call('HSETNX', terms, 'calls', '0::0:0:1')
-end
-local recorded, answered = successes_record(stream, results, group, me, tonumber(ARGV[13]),
-                                         ARGV[14] == '1', ARGV[15], ARGV[16], pending_bound,
-                                         SUCCESSES, succeeded, now)
 -- The limits, opened by the successes' answers or once they are needed; whatever the script
 -- changed in them is written back before it returns (done).
-local answers, answered_at = limits_answers(now, answered)
-local L, expired = nil, false
-if #answers > 0 then
-  L = limits_open(rate, flight, terms, spec, max_in_flight, now, answered_at)
-  limits_settle(L, answers)
-end
+local recorded, _, L = take_record(stream, results, group, me, rate, flight, terms, spec,
+                                   max_in_flight, pending_bound, want, now)
+local expired = false
 local function limits()
   if not expired then
     L = L or limits_open(rate, flight, terms, spec, max_in_flight, now)
