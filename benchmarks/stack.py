@@ -71,9 +71,13 @@ class Stack:
         api: str = "auto",
         latency: float = 0.0,
         limit_req: tuple[int, int] | None = None,
+        mock_args: Sequence[str] = (),
     ) -> None:
         """`latency`: the mock API's seconds per answer. `limit_req`: (rate per second, burst)
-        of an nginx `limit_req ... nodelay` in front of the API, which answers 429 past it."""
+        of an nginx `limit_req ... nodelay` in front of the API, which answers 429 past it.
+        `mock_args`: more options of the mock API (`--quota 20/2`), which it then is."""
+        if mock_args:
+            api = "mock"
         self.workdir = Path(tempfile.mkdtemp(prefix="ratedispatch-bench-"))
         self.redis_server = RedisServer(self.workdir)
         self.nginx = shutil.which("nginx") if api == "auto" else None
@@ -84,6 +88,7 @@ class Stack:
         self._env = dict(workers_env)
         self._latency = latency
         self._limit_req = limit_req
+        self._mock_args = tuple(mock_args)
         self.workers: Workers | None = None
         self.client: redis_sync.Redis | None = None
 
@@ -127,7 +132,7 @@ class Stack:
         else:
             command = [sys.executable, "-m", "ratedispatch.devtools.mockapi", "--host", "127.0.0.1",
                        "--port", str(self.api_port), "--latency", str(self._latency), "--quiet",
-                       "--log", str(self.api_log)]  # fmt: skip
+                       "--log", str(self.api_log), *self._mock_args]  # fmt: skip
         self._api = subprocess.Popen(command, stdout=subprocess.DEVNULL)
         wait_for(lambda: listening(self.api_port), 10, f"the API ({self.api_name})")
         env = {

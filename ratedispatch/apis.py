@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -69,6 +69,8 @@ class ApiTable(BaseModel):
     key_limits: str | None = None
     key_weights: dict[str, float] | None = Field(None, strict=False)  # TOML's 2 is an int
     tokens_file: Path | None = Field(None, strict=False)
+    rate_headers: Literal["obey", "observe", "off"] | None = None
+    rate_adapt: bool | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -297,6 +299,8 @@ def _resolve(
             ("key_field", table.key_field),
             ("key_limits", table.key_limits),
             ("key_weights", table.key_weights),
+            ("rate_headers", table.rate_headers),
+            ("rate_adapt", table.rate_adapt),
         )
         if value is not None
     }

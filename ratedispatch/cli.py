@@ -36,7 +36,8 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "status": (
         "redis_url", "stream", "group", "rate_key", "rate_limit", "rate_window_seconds",
         "limits", "max_in_flight", "http_timeout_seconds", "reclaim_idle_seconds",
-        "dead_letter_stream", "results_stream", "config", "key_field", "key_limits", *_LOG,
+        "dead_letter_stream", "results_stream", "config", "key_field", "key_limits",
+        "rate_headers", "rate_adapt", *_LOG,
     ),
     "dead list": ("redis_url", "dead_letter_stream", *_LOG),
     "dead requeue": ("redis_url", "dead_letter_stream", "stream", *_LOG),
@@ -138,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                       "--window)")  # fmt: skip
     demo.add_argument("--tenants", action="store_true",
                       help="many tenants taking turns, and a second API beside them")  # fmt: skip
+    demo.add_argument("--headers", action="store_true",
+                      help="an API that announces its own quota, and changes it; the fleet "
+                      "follows")  # fmt: skip
     return parser
 
 
@@ -215,11 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from .devtools.announced import run_announced_demo
     from .devtools.demo import run_demo  # fakeredis is only needed here
     from .devtools.tenants import run_tenants_demo
 
     if args.workers < 1:
         raise ConfigError("demo: --workers must be ≥ 1")
+    if args.tenants and args.headers:
+        raise ConfigError("demo: --tenants or --headers, one at a time")
+    if args.headers:
+        logs.configure("ERROR", "text")
+        return 0 if anyio.run(run_announced_demo, args.workers) else 1
     if args.tenants:
         logs.configure("ERROR", "text")
         return 0 if anyio.run(run_tenants_demo, args.workers) else 1

@@ -107,8 +107,12 @@ class Settings(BaseSettings):
     key_limits: str | None = None
     key_weights: dict[str, float] = Field(default_factory=dict)
     tokens_file: Path | None = None
+    # What the API's own rate-limit headers steer (CONTRACT §9, docs/configuration.md), and
+    # whether 429s alone lower the fleet's limits.
+    rate_headers: Literal["obey", "observe", "off"] = "obey"
+    rate_adapt: bool = False
 
-    @field_validator("log_level", "log_format", "http_transport", mode="before")
+    @field_validator("log_level", "log_format", "http_transport", "rate_headers", mode="before")
     @classmethod
     def _case_insensitive(cls, value: Any, info: Any) -> Any:
         if isinstance(value, str):

@@ -3,6 +3,7 @@ parsed, checked, shown, and encoded for the limit scripts (limits/limits.lua).""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -128,6 +129,20 @@ class Limits:
                     f"{term.capacity}): it would wait for ever"
                 )
         return None
+
+    def scaled(self, factor: float) -> Limits:
+        """The terms with each N (and burst) times `factor`, never below 1, as RATE_ADAPT
+        applies it (limits/adapt.lua)."""
+        return Limits(
+            tuple(
+                Term(
+                    max(math.floor(term.count * factor), 1),
+                    term.duration_ms,
+                    None if term.burst is None else max(math.floor(term.burst * factor), 1),
+                )
+                for term in self.terms
+            )
+        )
 
     def encoded(self) -> str:
         """For the limit scripts: `w,N,D_ms` or `p,N,D_ms,B` for each term, joined by `;`."""

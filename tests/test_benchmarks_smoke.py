@@ -79,3 +79,12 @@ def test_the_many_tenants_benchmark_runs_and_writes_its_table(tmp_path: Path) ->
         assert expected in names, (expected, names)
     for row in rows:  # every figure was measured
         assert re.match(r"-?[\d.,]+", row[2]), row
+
+
+def test_the_headers_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    rows = smoke_table("headers", tmp_path)
+    names = " ".join(row[0] for row in rows)
+    for expected in ("announced X-RateLimit", "switched", "adapt", "successes per second"):
+        assert expected in names, (expected, names)
+    for row in rows:  # every figure was measured: it starts with a number
+        assert re.match(r"[\d.]+", row[2]), row

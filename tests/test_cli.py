@@ -130,6 +130,22 @@ def test_demo_of_tenants_shows_the_turns_the_apis_and_the_busiest_keys(
     assert "not held back" in out
 
 
+def test_demo_of_headers_shows_the_fleet_following_the_api(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["demo", "--headers"]) == 0
+    out = capsys.readouterr().out
+    assert "second  1" in out and "admitted" in out
+    # What `status` shows meanwhile: the API's word beside the limits, and its quota carried.
+    assert "the API says" in out and "carried  api 10/1s" in out
+    assert "60 of 60 tasks done" in out and out.rstrip().endswith("announced: yes")
+
+
+def test_demo_takes_one_story_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--tenants", "--headers"]) == 2
+    assert "one at a time" in capsys.readouterr().err
+
+
 def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
     configure("INFO", "json")
     logging.getLogger("ratedispatch.worker").warning("task %s dead-lettered", "1-1")

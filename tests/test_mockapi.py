@@ -23,14 +23,31 @@ def anyio_backend() -> str:
 
 def test_a_quota_admits_n_per_fixed_window_and_says_so() -> None:
     quota = Quota(3, 2.0, "x-ratelimit")
-    answers = [quota.admit(at) for at in (10.0, 10.5, 11.0, 11.5, 12.1)]
+    start = 2 * (time.time() // 2)  # windows of the wall clock, from the epoch
+    times = [start + at for at in (0.0, 0.5, 1.0, 1.5, 2.1)]
+    answers = [quota.admit(at) for at in times]
     assert [admitted for admitted, _ in answers] == [True, True, True, False, True]
-    said = [read_announcement(dict(headers), time.time()) for _, headers in answers]
+    said = [
+        read_announcement(dict(headers), at)
+        for at, (_, headers) in zip(times, answers, strict=True)
+    ]
     assert [s.remaining for s in said] == [2, 1, 0, 0, 2]
     assert said[0].quotas == (Announced(3),)
     refused = dict(answers[3][1])
     assert refused["Retry-After"] == "1"  # 0.5 s left in the window, rounded up
-    assert said[3].reset is not None and 0 < said[3].reset <= 2
+    # The reset is the window's end, exactly: an epoch second.
+    assert [s.reset for s in said] == pytest.approx([2.0, 1.5, 1.0, 0.5, 1.9], abs=1e-3)
+
+
+def test_a_quota_switches_when_told() -> None:
+    quota = Quota(5, 1.0, "draft", switch=(2, 1.0, 3.0))
+    start = time.time() // 1
+    before = [quota.admit(start + 0.1 * n)[0] for n in range(6)]
+    after = [quota.admit(start + 3.2 + 0.1 * n)[0] for n in range(3)]
+    assert before == [True] * 5 + [False]
+    assert after == [True, True, False]
+    said = read_announcement(dict(quota.admit(start + 4.1)[1]), start + 4.1)
+    assert said.quotas == (Announced(2, 1.0, "quota"),)
 
 
 def test_the_drafts_headers_carry_the_policy() -> None:
@@ -64,7 +81,9 @@ async def test_the_server_answers_429_past_its_quota_with_the_headers() -> None:
     [
         (["--quota", "ten/2"], "expected N/SECONDS"),
         (["--quota", "0/2"], "N must be at least 1"),
-        (["--announce", "draft"], "--announce needs --quota"),
+        (["--announce", "draft"], "need --quota"),
+        (["--quota", "5/1", "--switch", "2/1"], "expected N/SECONDS@AFTER"),
+        (["--quota", "5/1", "--switch", "0/1@3"], "N must be at least 1"),
     ],
 )
 def test_a_bad_quota_is_refused(

@@ -2,14 +2,18 @@
 independent observer of every call in the soak run and the benchmarks.
 
     python -m ratedispatch.mockapi --port 8080 [--latency 0.02] [--fail-rate 0.05] [--log FILE]
-                                   [--quota N/SECONDS [--announce x-ratelimit|draft]]
+                                   [--quota N/SECONDS [--announce x-ratelimit|draft]
+                                    [--switch N/SECONDS@AFTER] [--bare]]
 
 Answers every request with 200 and a small JSON body (or 503 at `--fail-rate`), and prints the
 calls it received in each second, so the limit can be seen holding from the API's side.
 `--quota 20/2` enforces a quota of its own, as a real API does: N calls in each fixed window of
-SECONDS (windows of its clock), 429 with `Retry-After` beyond; `--announce` says where a client
-stands on every answer, in `X-RateLimit-Limit/-Remaining/-Reset` (the reset as epoch seconds, as
-GitHub sends it) or in the IETF draft's `RateLimit-Policy` and `RateLimit`.
+SECONDS (windows of the wall clock, from the epoch), 429 with `Retry-After` beyond; `--announce`
+says where a client stands on every answer, in `X-RateLimit-Limit/-Remaining/-Reset` (the reset
+as epoch seconds, as GitHub sends it) or in the IETF draft's `RateLimit-Policy` and `RateLimit`.
+`--switch 10/2@6` changes the quota to 10 per 2 s 6 s after the first call, as a plan downgrade
+or a provider's incident would. `--bare` answers 429 with no header at all, not even
+`Retry-After`, as some APIs do.
 `--log` writes one line per call when the server stops (SIGTERM or SIGINT): its arrival time
 (CLOCK_MONOTONIC seconds, comparable across the processes of one machine), the Idempotency-Key,
 the `prio` query parameter and the status answered. SIGUSR1 starts a 3-second storm of 503s.
@@ -43,27 +47,48 @@ ANNOUNCE = ("none", "x-ratelimit", "draft")
 
 
 class Quota:
-    """The API's own quota: `count` calls in each fixed window of `seconds` of its clock."""
+    """The API's own quota: `count` calls in each fixed window of `seconds` of the wall clock,
+    counted from the epoch (so a window of whole seconds resets on a whole second, and an
+    epoch reset says exactly when)."""
 
-    def __init__(self, count: int, seconds: float, announce: str = "none") -> None:
+    def __init__(
+        self,
+        count: int,
+        seconds: float,
+        announce: str = "none",
+        switch: tuple[int, float, float] | None = None,
+        bare: bool = False,
+    ) -> None:
+        """`switch`: (count, seconds, after): the quota it changes to, `after` seconds from the
+        first call; `bare`: a 429 says nothing, not even Retry-After."""
         self.count, self.seconds, self.announce = count, seconds, announce
+        self.bare = bare
+        self._switch = switch
+        self._first: float | None = None
         self._window, self._used = -1, 0
 
     def admit(self, at: float) -> tuple[bool, list[tuple[str, str]]]:
-        """Whether the call at `at` fits, and the headers that say where the client stands."""
+        """Whether the call at `at` (epoch seconds) fits, and the headers that say where the
+        client stands."""
+        if self._first is None:
+            self._first = at
+        if self._switch is not None and at >= self._first + self._switch[2]:
+            self.count, self.seconds, _ = self._switch
+            self._switch = None
         window = int(at // self.seconds)
         if window != self._window:
             self._window, self._used = window, 0
         admitted = self._used < self.count
         self._used += admitted
-        reset = (window + 1) * self.seconds - at
+        reset_at = (window + 1) * self.seconds
+        reset = reset_at - at
         remaining = self.count - self._used
-        headers = [] if admitted else [("Retry-After", str(math.ceil(reset)))]
+        headers = [] if admitted or self.bare else [("Retry-After", str(math.ceil(reset)))]
         if self.announce == "x-ratelimit":
             headers += [
                 ("X-RateLimit-Limit", str(self.count)),
                 ("X-RateLimit-Remaining", str(remaining)),
-                ("X-RateLimit-Reset", str(math.ceil(time.time() + reset))),
+                ("X-RateLimit-Reset", str(math.ceil(reset_at))),
             ]
         elif self.announce == "draft":
             headers += [
@@ -96,7 +121,7 @@ class Recorder:
         )
         status, headers = (503 if failed else 200), list[tuple[str, str]]()
         if self.quota is not None and not failed:
-            admitted, headers = self.quota.admit(at)
+            admitted, headers = self.quota.admit(time.time())
             status = 200 if admitted else 429
         self.calls.append((at, key, prio, status))
         return status, headers
@@ -196,6 +221,17 @@ async def serve(
                     seen = total
 
 
+def _quota(parser: argparse.ArgumentParser, option: str, text: str) -> tuple[int, float]:
+    count, _, seconds = text.partition("/")
+    try:
+        quota = int(count), float(seconds)
+    except ValueError:
+        parser.error(f"{option} {text!r}: expected N/SECONDS, e.g. 20/2")
+    if quota[0] < 1 or not quota[1] > 0:
+        parser.error(f"{option} {text!r}: N must be at least 1 and SECONDS above 0")
+    return quota
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ratedispatch.mockapi")
     parser.add_argument("--port", type=int, default=8080)
@@ -208,20 +244,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="enforce N calls per fixed window of SECONDS, 429 beyond")  # fmt: skip
     parser.add_argument("--announce", choices=ANNOUNCE, default="none",
                         help="with --quota: say where a client stands on every answer")  # fmt: skip
+    parser.add_argument("--switch", metavar="N/SECONDS@AFTER",
+                        help="with --quota: change to this quota AFTER seconds from the first "
+                             "call")  # fmt: skip
+    parser.add_argument("--bare", action="store_true",
+                        help="with --quota: 429 without Retry-After")  # fmt: skip
     args = parser.parse_args(argv)
     if args.latency < 0 or not 0 <= args.fail_rate <= 1:
         parser.error("--latency must be >= 0 and --fail-rate between 0 and 1")
     quota = None
     if args.quota is not None:
-        count, _, seconds = args.quota.partition("/")
-        try:
-            quota = Quota(int(count), float(seconds), args.announce)
-        except ValueError:
-            parser.error(f"--quota {args.quota!r}: expected N/SECONDS, e.g. 20/2")
-        if quota.count < 1 or not quota.seconds > 0:
-            parser.error(f"--quota {args.quota!r}: N must be at least 1 and SECONDS above 0")
-    elif args.announce != "none":
-        parser.error("--announce needs --quota: there is nothing to announce without one")
+        count, seconds = _quota(parser, "--quota", args.quota)
+        switch = None
+        if args.switch is not None:
+            text, at, after = args.switch.rpartition("@")
+            try:
+                if not at:
+                    raise ValueError(args.switch)
+                switch = (*_quota(parser, "--switch", text), float(after))
+            except ValueError:
+                parser.error(f"--switch {args.switch!r}: expected N/SECONDS@AFTER, e.g. 10/2@6")
+        quota = Quota(count, seconds, args.announce, switch, args.bare)
+    elif args.announce != "none" or args.switch is not None or args.bare:
+        parser.error("--announce, --switch and --bare need --quota: there is no quota without one")
     recorder = Recorder(args.latency, args.fail_rate, quota=quota)
 
     async def run() -> None:

@@ -19,42 +19,61 @@
 -- include: limits/window_log.lua
 -- include: limits/pacing.lua
 -- include: limits/flight.lua
+-- include: limits/heard.lua
+-- include: limits/adapt.lua
 
 -- When only MAX_IN_FLIGHT refuses, a call may end at any moment: look again this soon.
 local FLIGHT_POLL_MS = 5
 -- The hash outlives its last refresh by twice its longest term and this much.
 local LIMITS_IDLE_MS = 3600000
 
+-- The terms of `spec`, and its markers: `h` (obey what the API announces: heard.lua) and `a`
+-- (adapt to its 429s: adapt.lua).
 local function limits_terms(spec, counter)
-  local terms = {}
+  local terms, marks = {}, {}
   for text in string.gmatch(spec, '[^;]+') do
     local kind, n, d, b = string.match(text, '^([wp]),(%d+),(%d+),?(%d*)$')
-    if kind == nil then error('not a limit term: ' .. text) end
-    local term = {kind = kind, n = tonumber(n), d = tonumber(d)}
-    if kind == 'w' then
-      term.w = math.ceil(term.d / WINDOW_BUCKETS)
-      term.field = 'w' .. d
-      term.prefix = term.field .. ':'
-      term.counter = counter  -- the first N/D term keeps the fixed-window counter at RATE_KEY
-      counter = false
+    if text == 'h' or text == 'a' then
+      marks[text] = true
+    elseif kind == nil then
+      error('not a limit term: ' .. text)
     else
-      term.b = tonumber(b)
-      term.t = term.d / term.n
-      term.field = 'p' .. n .. '/' .. d
+      local term = {kind = kind, n = tonumber(n), d = tonumber(d)}
+      if kind == 'w' then
+        term.w = math.ceil(term.d / WINDOW_BUCKETS)
+        term.field = 'w' .. d
+        term.prefix = term.field .. ':'
+        term.counter = counter  -- the first N/D term keeps the fixed-window counter at RATE_KEY
+        counter = false
+      else
+        term.b = tonumber(b)
+        term.t = term.d / term.n
+        term.field = 'p' .. n .. '/' .. d
+      end
+      terms[#terms + 1] = term
     end
-    terms[#terms + 1] = term
   end
-  return terms
+  return terms, marks
 end
 
 -- Read the state of every term.  `answered_at`: the times of the answers this script records,
 -- whose bucket fields are read too, so that they can be written back in the one HSET.  Without
 -- `rate` there is no fixed-window counter (a key's limits: queue/keyed.lua).  `idle_ms`: how long
--- the hash outlives an idle spell beyond its terms (LIMITS_IDLE_MS when nil).
+-- the hash outlives an idle spell beyond its terms (LIMITS_IDLE_MS when nil).  With the spec's
+-- markers, what the API announced (L.heard) and the factor adapt found (L.adapt) are read first:
+-- the quotas the API stated are terms too, whose state is read with the others'.
 local function limits_open(rate, flight, hash, spec, cap, now, answered_at, idle_ms)
+  local terms, marks = limits_terms(spec, rate ~= nil)
   local L = {rate = rate, flight_key = flight, hash = hash, cap = cap, now = now,
-             terms = limits_terms(spec, rate ~= nil), known = {}, hset = {}, hincr = {},
-             hdel = {}, idle = idle_ms or LIMITS_IDLE_MS}
+             terms = terms, known = {}, hset = {}, hincr = {}, hdel = {},
+             idle = idle_ms or LIMITS_IDLE_MS}
+  local said = {}
+  if marks.h or marks.a then said = redis.call('HMGET', hash, 'api', 'adapt') end
+  if marks.h then
+    L.heard = heard_parse(said[1])
+    heard_probe(L.heard, now)
+    for _, quota in ipairs(L.heard.quotas) do terms[#terms + 1] = heard_term(quota) end
+  end
   local fields = {'calls'}
   for _, term in ipairs(L.terms) do fields[#fields + 1] = term.field end
   local seen = {}
@@ -79,6 +98,14 @@ local function limits_open(rate, flight, hash, spec, cap, now, answered_at, idle
   L.ttl_at = tonumber(calls[3]) or 0
   L.closed = tonumber(calls[4]) or 0
   L.costliest = tonumber(calls[5]) or 1
+  if marks.a then
+    L.adapt = adapt_parse(said[2], terms)
+    adapt_scale(L.adapt, terms, L.costliest)
+  end
+  for _, term in ipairs(terms) do
+    -- A stated quota below the costliest task's cost must still let that task go, alone.
+    if term.carried then term.n = math.max(term.n, L.costliest) end
+  end
   -- Refresh the hash's TTL now and then, not at every write: it only has to outlive an idle spell.
   if L.now >= L.ttl_at then
     L.refresh = true
@@ -157,6 +184,7 @@ local function limits_room(L, wanted)
     end
     units = math.min(units, term.room)
   end
+  if heard_active(L.heard, L.now) then units = math.min(units, L.heard.left) end
   if L.closed > L.now then units = 0 end  -- a 429's cooldown
   local calls = math.huge
   if L.cap > 0 then
@@ -225,6 +253,9 @@ local function limits_wait(L, need)
       end
     end
   end
+  if heard_active(L.heard, L.now) and L.heard.left < need then
+    wait = math.max(wait, L.heard.reset_at - L.now)
+  end
   if calls < 1 then wait = math.max(wait, FLIGHT_POLL_MS) end
   if L.closed > L.now then wait = math.max(wait, L.closed - L.now) end
   return wait
@@ -243,6 +274,10 @@ local function limits_charge(L, ids, costs, stamp, deadline_ms)
   L.flight = L.flight + units
   L.calls_dirty = true
   if L.due == nil or L.due > deadline then L.due = deadline end
+  if heard_active(L.heard, L.now) then
+    L.heard.left = L.heard.left - units
+    L.heard.dirty = true
+  end
 end
 
 -- Calls were answered: `answers` is {member, units, at} for each (at: nil when no call was made,
@@ -288,6 +323,8 @@ local function limits_flush(L)
       L.hset[term.field] = string.format('%.4f', term.tat)
     end
   end
+  if L.heard ~= nil and L.heard.dirty then L.hset['api'] = heard_format(L.heard) end
+  if L.adapt ~= nil and L.adapt.dirty then L.hset['adapt'] = adapt_format(L.adapt) end
   local pairs_list = {}
   for field, value in pairs(L.hset) do
     pairs_list[#pairs_list + 1] = field

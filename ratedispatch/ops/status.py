@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from ..apis import DEFAULT, Api
 from ..keys import Keys
-from ..limits.limiter import IN_FLIGHT_TERM, Limiter, TermState
+from ..limits.limiter import IN_FLIGHT_TERM, Limiter, LimitsState, TermState
 from ..settings import Settings
 from ..task import Priority
 
@@ -50,12 +50,51 @@ class KeysStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Announced:
+    """What the API itself said of its limits (RATE_HEADERS), beside our own view: the fields
+    `api_*` of `status --json`, each None when it never said it."""
+
+    api_remaining: int | None = None  # the calls it said remain, in its latest answer
+    api_reset_in: float | None = None  # seconds until they are back; None once past
+    api_limit: int | None = None  # the quota it stated (the first, with several)
+    # How many more the fleet may start before then (obey): api_remaining, less the calls in
+    # flight when it was heard and those started since.
+    api_left: int | None = None
+    api_heard_ago: float | None = None  # seconds since a worker last recorded what it said
+    # The quotas the fleet carries as terms (obey), as a term is shown: used/limit, frees in.
+    api_terms: list[TermState] = field(default_factory=list)
+    # RATE_ADAPT: the factor on every term of LIMITS (1.0: all of them), and the limits it makes.
+    adapt_factor: float | None = None
+    adapted_limits: str | None = None
+
+    @classmethod
+    def of(cls, state: LimitsState, limiter: Limiter) -> Announced:
+        heard = state.heard
+        adapted = None
+        if state.adapt is not None:
+            adapted = str(limiter.limits.scaled(state.adapt))
+        if heard is None:
+            return cls(adapt_factor=state.adapt, adapted_limits=adapted)
+        return cls(
+            heard.remaining,
+            heard.reset_in,
+            heard.limit,
+            heard.left if heard.reset_in is not None else None,
+            heard.age,
+            state.carried,
+            state.adapt,
+            adapted,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CredentialStatus:
     """One credential of a pool (tokens_env), by its variable: its own copy of the limits."""
 
     variable: str
     terms: list[TermState]
     calls_in_flight: int
+    announced: Announced = field(default_factory=Announced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +110,7 @@ class ApiStatus:
     # With a pool (tokens_env): each credential's limits; `terms` are then the first's, and
     # `calls_in_flight` all of theirs.
     credentials: list[CredentialStatus] = field(default_factory=list)
+    announced: Announced = field(default_factory=Announced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +142,22 @@ class Status:
     # With RATEDISPATCH_CONFIG: every API, `default` (the fields above) first. Else empty.
     apis: list[ApiStatus] = field(default_factory=list)
     keys: KeysStatus | None = None  # the default API's, with a key_field
+    announced: Announced = field(default_factory=Announced)  # the default API's
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(_flat(asdict(self)), sort_keys=True)
+
+
+def _flat(value: Any) -> Any:
+    """`announced`'s fields beside their API's own, as `status --json` shows them."""
+    if isinstance(value, list):
+        return [_flat(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    flat = {name: _flat(item) for name, item in value.items() if name != "announced"}
+    if "announced" in value:
+        flat.update(_flat(value["announced"]))
+    return flat
 
 
 async def collect(
@@ -157,6 +210,7 @@ async def collect(
         consumers=consumers,
         apis=[await _api(redis, api) for api in (apis or {}).values()],
         keys=await _keys(redis, keys, settings),
+        announced=Announced.of(limits, limiter),
     )
 
 
@@ -164,14 +218,22 @@ async def _api(redis: Redis, api: Api) -> ApiStatus:
     keys = Keys.from_settings(api.settings, api.name)
     credentials = []
     for (variable, _), token_keys in zip(api.pool, api.pool_keys(keys), strict=True):
-        state = await Limiter.from_settings(redis, token_keys, api.settings).state()
-        credentials.append(CredentialStatus(variable, state.terms, state.calls_in_flight))
+        limiter = Limiter.from_settings(redis, token_keys, api.settings)
+        state = await limiter.state()
+        credentials.append(
+            CredentialStatus(
+                variable, state.terms, state.calls_in_flight, Announced.of(state, limiter)
+            )
+        )
     if credentials:  # the API's own limits are not used: each credential's are
         terms = credentials[0].terms
         in_flight = sum(c.calls_in_flight for c in credentials)
+        announced = credentials[0].announced
     else:
-        limits = await Limiter.from_settings(redis, keys, api.settings).state()
+        limiter = Limiter.from_settings(redis, keys, api.settings)
+        limits = await limiter.state()
         terms, in_flight = limits.terms, limits.calls_in_flight
+        announced = Announced.of(limits, limiter)
     return ApiStatus(
         name=api.name,
         waiting=await _waiting(redis, keys),
@@ -180,6 +242,7 @@ async def _api(redis: Redis, api: Api) -> ApiStatus:
         calls_in_flight=in_flight,
         keys=await _keys(redis, keys, api.settings),
         credentials=credentials,
+        announced=announced,
     )
 
 
@@ -237,16 +300,47 @@ async def _group(
     return dict(found), consumers
 
 
-def _term_lines(terms: list[TermState]) -> list[str]:
+def _term_lines(terms: list[TermState], title: str = "limits") -> list[str]:
     """One line a term: `limits   600/1m  412/600 busy, the next frees in 3.2s`."""
     width = max((len(t.term) for t in terms), default=0)
     lines = []
     for index, term in enumerate(terms):
-        line = f"{'limits' if index == 0 else '':<8} {term.term:<{width}}  {term.used}/{term.limit}"
+        line = f"{title if index == 0 else '':<8} {term.term:<{width}}  {term.used}/{term.limit}"
         line += " in flight" if term.term == IN_FLIGHT_TERM else " busy"
         if term.frees_in is not None:
             line += f", the next frees in {term.frees_in:.1f}s"
         lines.append(line)
+    return lines
+
+
+def _announced_lines(said: Announced) -> list[str]:
+    """`the API 12 remain (of 20), reset in 1.4s; the fleet may start 9 more` and the quotas it
+    carries; with adapt, the limits it found."""
+    lines = []
+    if said.api_remaining is not None or said.api_limit is not None:
+        line = "the API "
+        if said.api_remaining is not None:
+            line += f"says {said.api_remaining} remain"
+            if said.api_limit is not None:
+                line += f" (of {said.api_limit})"
+            if said.api_reset_in is not None:
+                line += f", reset in {said.api_reset_in:.1f}s"
+        else:
+            line += f"states a quota of {said.api_limit}"
+        if said.api_left is not None:
+            line += f"; the fleet may start {max(said.api_left, 0)} more before then"
+        if said.api_heard_ago is not None:
+            line += f"  (heard {said.api_heard_ago:.1f}s ago)"
+        lines.append(line)
+    lines += _term_lines(said.api_terms, "carried")
+    if said.adapt_factor is not None:
+        if said.adapt_factor < 1:
+            lines.append(
+                f"adapt    limits at {said.adapt_factor:.2f} of LIMITS ({said.adapted_limits}): "
+                "lowered after 429s, each window of success adds a call back"
+            )
+        else:
+            lines.append("adapt    at LIMITS: no 429 has lowered them")
     return lines
 
 
@@ -279,6 +373,7 @@ def render(status: Status) -> str:
         f"{status.retrying} retrying later, {status.in_flight} held by workers",
         f"window   {status.window_used}/{status.window_limit} used, {resets}",
         *_term_lines(status.terms),
+        *_announced_lines(status.announced),
         f"dead     {status.dead_letters} dead letters;  results {results}",
     ]
     if status.keys is not None and not status.apis:
@@ -290,8 +385,10 @@ def render(status: Status) -> str:
             for credential in api.credentials:
                 lines.append(f"  credential {credential.variable}")
                 lines += ["    " + line for line in _term_lines(credential.terms)]
+                lines += ["    " + line for line in _announced_lines(credential.announced)]
         else:
             lines += ["  " + line for line in _term_lines(api.terms)]
+            lines += ["  " + line for line in _announced_lines(api.announced)]
         if api.keys is not None:
             lines += ["  " + line for line in _key_lines(api.keys)]
     if status.consumers:

@@ -29,6 +29,8 @@ local function take_record(stream, results, group, me, rate, flight, terms, spec
   if #answers > 0 then
     L = limits_open(rate, flight, terms, spec, max_in_flight, now, answered_at)
     limits_settle(L, answers)
+    -- Calls succeeded: with RATE_ADAPT, the fleet may try a little more.
+    if L.adapt ~= nil and adapt_up(L.adapt, now) then L.adapt.dirty = true end
   end
   return recorded, answered, L
 end

@@ -20,6 +20,7 @@ from ..settings import Settings
 from ..task import build_request, parse_entry
 from .acks import Acker
 from .capacity import Hold
+from .heard import Listener, Said, flight_member
 from .metrics import Metrics
 from .outcome import Outcome, Verdict, classify_exception, classify_response, retry_delay
 
@@ -46,9 +47,11 @@ class Caller:
         apis: frozenset[str] | None = None,
         api: str = "default",
         key_tokens: Mapping[str, str] | None = None,
+        credential: str = "",
     ) -> None:
         """`apis`: every API's name when entries name theirs (task.py: parse_entry); `api`:
-        the one this caller calls; `key_tokens`: its keys' own tokens (tokens_file)."""
+        the one this caller calls; `key_tokens`: its keys' own tokens (tokens_file);
+        `credential`: the pool's credential it calls with (tokens_env), for log lines."""
         self._settings = settings
         self._base_url = settings.require_api()
         self._token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -69,6 +72,9 @@ class Caller:
         key_field = settings.key_field
         self._key_fields = {api: key_field} if key_field is not None else {}
         self._key_tokens = key_tokens or {}
+        self._read_headers = settings.rate_headers != "off"
+        self._listener = Listener(limiter, guard, metrics, api, credential)
+        self._factor = 1.0  # RATE_ADAPT's, as last said in a log line
         # Where the limit on attempts comes from, as a dead letter's reason names it.
         self._max_attempts = f"RATEDISPATCH_MAX_ATTEMPTS={settings.max_attempts}"
         if api != "default":
@@ -169,12 +175,17 @@ class Caller:
                     await response.aclose()
         except Exception as exc:  # every failure of a call is an outcome, never a crash
             return classify_exception(exc)
-        return classify_response(response)
+        return classify_response(response, read_headers=self._read_headers)
 
     async def _settle(
         self, grant: Grant, outcome: Outcome, duration_ms: int, answered: float, hold: Hold
     ) -> None:
         entry_id = grant.entry.id
+        if outcome.announced is not None and grant.key not in self._key_tokens:
+            # Before the call leaves the flight: the announcement counts the others in it.
+            # A key's own token has a quota of its own, which the API's limits are not.
+            member = flight_member(entry_id, grant.stamp, grant.cost)
+            await self._listener.heard(Said(outcome.announced, grant.stamp, member, answered))
         if outcome.verdict is Verdict.OK:
             status = outcome.http_status or 0
             success = Success(
@@ -197,7 +208,7 @@ class Caller:
                 self._rng,
             )
             if outcome.rate_limited:
-                await self._close_window(outcome.retry_after or delay, grant.key)
+                await self._after_429(outcome.retry_after, delay, grant.key)
             recorded = await self._queue.retry_later(
                 entry_id, grant.member, delay, stamp=grant.stamp, answered=answered
             )
@@ -211,7 +222,7 @@ class Caller:
             )
         else:
             if outcome.rate_limited:
-                await self._close_window(outcome.retry_after or 0.0, grant.key)
+                await self._after_429(outcome.retry_after, 0.0, grant.key)
             reason, kind = outcome.reason, "rejected"
             if outcome.verdict is Verdict.RETRY:
                 kind = "exhausted"
@@ -242,26 +253,38 @@ class Caller:
                 outcome.last_status,
             )
 
-    async def _close_window(self, seconds: float, key: str) -> None:
-        """After a 429: close the API's limits for every worker; or, when the call carried its
-        key's own token (tokens_file), whose quota the 429 is about, that key's limits only
-        (none without key_limits: the retry's delay keeps to Retry-After)."""
-        if seconds <= 0:
-            return
+    async def _after_429(self, retry_after: float | None, delay: float, key: str) -> None:
+        """After a 429: close the API's limits for every worker until Retry-After (without
+        one, for the retry's delay; with RATE_ADAPT, not at all: lowering the limits is the
+        answer), and with RATE_ADAPT lower them. When the call carried its key's own token
+        (tokens_file), whose quota the 429 is about, that key's limits alone close (none
+        without key_limits: the retry's delay keeps to Retry-After)."""
+        adapt = self._limiter.adapt
+        seconds = retry_after if retry_after is not None else (0.0 if adapt else delay)
         if key in self._key_tokens:
-            if self._limiter.key_limits is None:
+            if self._limiter.key_limits is None or seconds <= 0:
                 return
-            closed = await self._guard.run(
-                lambda: self._limiter.close_for(seconds, key), "closing a key's limits after a 429"
+            closed, _ = await self._guard.run(
+                lambda: self._limiter.after_429(seconds, key), "closing a key's limits after a 429"
             )
             log.warning(
                 "the API answered 429 to a key's own token: its limits closed for %.1fs", closed
             )
             return
-        closed = await self._guard.run(
-            lambda: self._limiter.close_for(seconds), "closing the window after a 429"
+        if seconds <= 0 and not adapt:
+            return
+        closed, factor = await self._guard.run(
+            lambda: self._limiter.after_429(seconds), "closing the window after a 429"
         )
-        log.warning("the API answered 429: limits closed for every worker for %.1fs", closed)
+        if closed > 0:
+            log.warning("the API answered 429: limits closed for every worker for %.1fs", closed)
+        if adapt and factor != self._factor:
+            self._factor = factor  # said once for each step down, not for each 429
+            log.info(
+                "the API answered 429: the fleet's limits are at %.2f of LIMITS (%s)",
+                factor,
+                self._limiter.limits.scaled(factor),
+            )
 
     async def _bury_uncalled(self, grant: Grant, reason: str, kind: str) -> None:
         """Dead-letter a granted entry without calling it: its call leaves the flight unmade."""

@@ -142,7 +142,7 @@ class Dispatcher:
         acker = Acker(queue, self.capacity)
         caller = Caller(
             settings, http, queue, limiter, self.guard, self.metrics, rng, acker, transport,
-            names, api.name, api.key_tokens,
+            names, api.name, api.key_tokens, credential,
         )  # fmt: skip
         return Lane(api, keys, limiter, queue, acker, caller, credential=credential)
 

@@ -5,6 +5,7 @@ describe the whole queue are read from Redis every few seconds (`refresh`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -137,6 +138,28 @@ class Metrics:
             ["api", "credential", "term"], registry=r,
         )  # fmt: skip
         # By API only: one label value per key would grow without bound.
+        self.rate_headers_ignored = Counter(
+            "ratedispatch_rate_headers_ignored",
+            "Rate-limit headers an API sent that were malformed or absurd, so ignored",
+            ["api", "header"], registry=r,
+        )  # fmt: skip
+        # What the API said of its limits (RATE_HEADERS), by API (pool credentials: the first).
+        self.api_remaining = Gauge(
+            "ratedispatch_announced_remaining", "Calls the API said remain before its reset",
+            ["api"], registry=r,
+        )  # fmt: skip
+        self.api_reset = Gauge(
+            "ratedispatch_announced_reset_seconds", "Seconds until the API said its calls are back",
+            ["api"], registry=r,
+        )  # fmt: skip
+        self.api_limit = Gauge(
+            "ratedispatch_announced_limit", "The quota the API stated, calls per its window",
+            ["api"], registry=r,
+        )  # fmt: skip
+        self.adapt_factor = Gauge(
+            "ratedispatch_adapt_factor",
+            "RATE_ADAPT's factor on every term of LIMITS (1: not lowered)", ["api"], registry=r,
+        )  # fmt: skip
         self.keys_waiting = Gauge(
             "ratedispatch_keys_waiting", "Keys with tasks waiting for a slot, by API", ["api"],
             registry=r,
@@ -171,6 +194,22 @@ class Metrics:
             if keys is not None:
                 self.keys_waiting.labels(name).set(keys.waiting)
                 self.keys_without_room.labels(name).set(keys.without_room)
+        announced = [(api.name, api.announced) for api in status.apis] or [
+            ("default", status.announced)
+        ]
+        for name, said in announced:
+            # A value the API has not said (or no longer holds) is not shown as 0.
+            for gauge, value in (
+                (self.api_remaining, said.api_remaining),
+                (self.api_reset, said.api_reset_in),
+                (self.api_limit, said.api_limit),
+                (self.adapt_factor, said.adapt_factor),
+            ):
+                if value is None:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(name)
+                else:
+                    gauge.labels(name).set(value)
         for api in status.apis:
             for credential in api.credentials:
                 for term in credential.terms:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
+
+from ..headers import Announcement, read_announcement
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 # The longest Retry-After honoured; a larger value (or a date years ahead) is a server bug,
@@ -32,16 +35,21 @@ class Outcome:
     reason: str = ""
     http_status: int | None = None
     retry_after: float | None = None  # seconds the API asked us to wait
+    announced: Announcement | None = None  # what its headers said of its limits, when read
 
     @property
     def rate_limited(self) -> bool:
         return self.http_status == 429
 
 
-def classify_response(response: httpx.Response) -> Outcome:
+def classify_response(response: httpx.Response, *, read_headers: bool = False) -> Outcome:
+    """What the response means; `read_headers`: read what it says of the API's limits too."""
     status = response.status_code
+    announced = None
+    if read_headers:
+        announced = read_announcement(response.headers, time.time())
     if 200 <= status < 300:
-        return Outcome(Verdict.OK, str(status), http_status=status)
+        return Outcome(Verdict.OK, str(status), http_status=status, announced=announced)
     if status in RETRYABLE_STATUSES or status >= 500:
         return Outcome(
             Verdict.RETRY,
@@ -49,6 +57,7 @@ def classify_response(response: httpx.Response) -> Outcome:
             reason=f"the API answered {status} {response.reason_phrase}".rstrip(),
             http_status=status,
             retry_after=parse_retry_after(response),
+            announced=announced,
         )
     return Outcome(
         Verdict.DEAD,
@@ -58,6 +67,7 @@ def classify_response(response: httpx.Response) -> Outcome:
             "fix the task and requeue it"
         ).replace("  ", " "),
         http_status=status,
+        announced=announced,
     )
 
 
